@@ -1,0 +1,141 @@
+"""The `ai-gateway` command: `serve` and `config check` (admin commands arrive with the keys issue)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+
+from ai_gateway.settings import ConfigError, Settings, check_config, describe, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("ai_gateway")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-gateway", description="One API in front of many LLM providers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="bind address (env AIGW_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="bind port (env AIGW_PORT, default 8000)")
+    serve.add_argument(
+        "--config", help="YAML config file (env AIGW_CONFIG, default ./gateway.yaml if present)"
+    )
+    serve.add_argument(
+        "--allow-open",
+        action="store_true",
+        default=None,
+        help="in open mode (no master key), allow binding a non-loopback address",
+    )
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate the configuration offline and explain each problem")
+    check.add_argument("--config", help="YAML config file to check")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "allow_open": args.allow_open,
+        "log_level": args.log_level,
+        "config": args.config,
+    }
+    try:
+        settings = load_settings(overrides=overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("Run `ai-gateway config check` for details.", file=sys.stderr)
+        return 2
+    level = settings.server.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not _open_mode_allowed(settings):
+        return 2
+    return _run(settings)
+
+
+def _open_mode_allowed(settings: Settings) -> bool:
+    if settings.master_key:
+        return True
+    host = settings.server.host
+    if not _is_loopback(host) and not settings.server.allow_open:
+        print(
+            f"refusing to bind {host} in open mode: with no AIGW_MASTER_KEY anyone who can reach it may call "
+            "models on your keys. Set AIGW_MASTER_KEY, bind 127.0.0.1, or pass --allow-open.",
+            file=sys.stderr,
+        )
+        return False
+    log.warning(
+        "open mode: no AIGW_MASTER_KEY is set, so requests need no key (bound to %s). "
+        "Set AIGW_MASTER_KEY to require keys.",
+        host,
+    )
+    return True
+
+
+def _run(settings: Settings) -> int:
+    import uvicorn
+
+    from ai_gateway.web.app import create_app
+
+    for name, provider in settings.providers.items():
+        if provider.not_configured:
+            log.info("provider %s not configured: %s", name, provider.not_configured)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.server.log_level.lower(),
+        timeout_graceful_shutdown=25,
+    )
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings, problems, warnings = check_config(config_path=args.config)
+    if problems:
+        print(f"configuration has {len(problems)} problem{'s' if len(problems) != 1 else ''}:")
+        for p in problems:
+            print(f"  ✗ {p.key}: {p.message}\n      fix: {p.fix}")
+        return 1
+    assert settings is not None
+    for line in describe(settings):
+        print(f"  {line}")
+    for w in warnings:
+        print(f"  ! warning: {w}")
+    print("configuration OK")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "config":
+        return _config_check(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ingress dialects: client wire formats <-> canonical types. Pure functions, no I/O."""

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the gateway (mock upstream LLM server)."""

@@ -1,0 +1,1 @@
+"""The only package that knows ASGI: thin handlers, the app factory."""

@@ -261,7 +261,7 @@ def test_stream_without_done_is_reset() -> None:
 
 def test_stream_error_line() -> None:
     body = ndjson({"model": "m", "message": {"content": "a"}, "done": False}, {"error": f"boom {MARKER}"})
-    events, error = scripted_stream(provider(), body)
+    _, error = scripted_stream(provider(), body)
     assert error is not None and error.kind == "status" and error.retryable and MARKER not in error.message
 
 

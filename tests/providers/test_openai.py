@@ -316,7 +316,7 @@ def test_stream_error_object_before_first_chunk_yields_nothing() -> None:
 
 
 def test_stream_garbage_chunk_is_bad_response() -> None:
-    events, error = scripted_stream(provider(), b"data: {not json\n\n")
+    _, error = scripted_stream(provider(), b"data: {not json\n\n")
     assert error is not None and error.kind == "bad_response"
 
 
@@ -450,3 +450,10 @@ def test_list_models_failure_is_a_provider_error(oa) -> None:  # type: ignore[no
     with pytest.raises(ProviderError) as err:
         oa.models()  # the mock serves no /v1/models
     assert err.value.kind == "status" and err.value.status == 404
+
+
+def test_extra_cannot_take_over_gateway_owned_keys() -> None:
+    extra = {"openai": {"stream_options": {"include_usage": False}, "model": "other", "stream": False}}
+    payload = provider()._map_request(request(extra=extra), "m", True)
+    assert payload["stream_options"] == {"include_usage": True}
+    assert payload["model"] == "m" and payload["stream"] is True

@@ -136,3 +136,9 @@ def test_live_rate_limit(orr) -> None:  # type: ignore[no-untyped-def]
         orr.complete(request("[[mock status=429 retry_after=3]] hi"))
     assert (err.value.status, err.value.retry_after, err.value.retryable) == (429, 3.0, True)
     assert MARKER not in err.value.message
+
+
+def test_openai_family_extra_applies_too() -> None:
+    req = request(extra={"openai": {"logprobs": True}, "openrouter": {"transforms": []}})
+    payload = provider()._map_request(req, "m", False)
+    assert payload["logprobs"] is True and payload["transforms"] == []

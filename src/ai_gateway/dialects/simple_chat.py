@@ -49,10 +49,7 @@ def parse_request(body: Any, max_messages: int, max_output_tokens: int) -> ChatR
         raise InvalidRequestError("'provider' must not be empty.", param="provider")
     if model is not None and not model.strip():
         raise InvalidRequestError("'model' must not be empty.", param="model")
-    if provider and model:
-        target = f"{provider}/{model}"
-    else:
-        target = model or provider or "default"
+    target = f"{provider}/{model}" if provider and model else model or provider or "default"
     return ChatRequest(
         model=target,
         messages=messages,

@@ -131,6 +131,9 @@ class AnthropicProvider(Provider):
         if request.user:
             payload["metadata"] = {"user_id": request.user}
         if request.tools:
+            # A tool's `strict` is not sent: on the Messages API strict tool use is a beta feature
+            # (https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs); the schema still
+            # goes as input_schema, followed but not guaranteed.
             payload["tools"] = [
                 {"name": t.name, "input_schema": t.parameters}
                 | ({"description": t.description} if t.description else {})
@@ -144,8 +147,9 @@ class AnthropicProvider(Provider):
                 if choice.parallel is False and choice.mode != "none":
                     wire["disable_parallel_tool_use"] = True
                 payload["tool_choice"] = wire
-        # Anthropic-only fields (`thinking`, `top_k`, `metadata`, ...) pass through as given.
-        payload.update(extra)
+        # Anthropic-only fields (`thinking`, `top_k`, `metadata`, ...) pass through as given; the model,
+        # the conversation and the stream switch stay the gateway's.
+        payload.update((k, v) for k, v in extra.items() if k not in ("model", "messages", "stream"))
         return payload
 
     # --- coming back --------------------------------------------------------------------------------

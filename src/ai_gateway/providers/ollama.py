@@ -97,6 +97,7 @@ class OllamaProvider(Provider):
             # Ollama constrains output to the schema itself; `name`/`strict` have no counterpart.
             payload["format"] = fmt.schema or {"type": "object"}
         # tool_choice "none" is carried by not offering the tools; "auto" is Ollama's only behaviour.
+        # A tool's `strict` has no counterpart (Ollama does not constrain tool arguments).
         if request.tools and not (request.tool_choice and request.tool_choice.mode == "none"):
             payload["tools"] = [
                 {
@@ -114,7 +115,7 @@ class OllamaProvider(Provider):
         options.update(extra.pop("options", {}))
         if options:
             payload["options"] = options
-        payload.update(extra)
+        payload.update((k, v) for k, v in extra.items() if k not in ("model", "messages", "stream"))
         return payload
 
     # --- coming back --------------------------------------------------------------------------------
@@ -205,7 +206,8 @@ def _map_messages(messages: list[Message]) -> list[dict[str, Any]]:
             ]
             call_names.update((c.id, c.name) for c in msg.tool_calls)
         if msg.role == "tool":
-            # Ollama matches results to calls by tool name, not id (it has no call ids).
+            # Ollama matches results to calls by tool name, not id (it has no call ids). Like Chat
+            # Completions it has no error flag on results: the result text says so.
             name = msg.name or call_names.get(msg.tool_call_id or "")
             if name:
                 item["tool_name"] = name

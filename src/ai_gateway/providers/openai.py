@@ -40,6 +40,10 @@ from ai_gateway.types import (
 
 __all__ = ["OpenAIProvider"]
 
+# Payload keys the gateway owns: a pass-through extra must not turn off stream usage (billing) or
+# swap the model or conversation.
+_RESERVED = frozenset({"model", "messages", "stream", "stream_options"})
+
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -52,8 +56,8 @@ _FINISH: dict[str, FinishReason] = {
 
 class OpenAIProvider(Provider):
     family = "openai"
-    # Which `request.extra` entry is merged into the payload as is.
-    extra_key: ClassVar[str] = "openai"
+    # Which `request.extra` entries are merged into the payload as they are, in this order.
+    extra_keys: ClassVar[tuple[str, ...]] = ("openai",)
     # Whether TextPart.extra (e.g. Anthropic `cache_control`) is sent inside content parts. OpenAI itself
     # caches automatically and rejects unknown fields, so it is off here; OpenRouter forwards it.
     keep_part_extras: ClassVar[bool] = False
@@ -117,7 +121,8 @@ class OpenAIProvider(Provider):
             if fmt.strict is not None:
                 schema["strict"] = fmt.strict
             payload["response_format"] = {"type": "json_schema", "json_schema": schema}
-        payload.update(request.extra.get(self.extra_key, {}))
+        for key in self.extra_keys:
+            payload.update((k, v) for k, v in request.extra.get(key, {}).items() if k not in _RESERVED)
         return payload
 
     def _map_message(self, msg: Message) -> dict[str, Any]:

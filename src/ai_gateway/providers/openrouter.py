@@ -19,7 +19,7 @@ __all__ = ["OpenRouterProvider"]
 
 
 class OpenRouterProvider(OpenAIProvider):
-    extra_key: ClassVar[str] = "openrouter"
+    extra_keys: ClassVar[tuple[str, ...]] = ("openai", "openrouter")
     # OpenRouter forwards `cache_control` on text parts to the providers that honour it (Anthropic,
     # Gemini): https://openrouter.ai/docs/features/prompt-caching
     keep_part_extras: ClassVar[bool] = True

@@ -6,6 +6,7 @@ Both ingress dialects share one flow; a `Dialect` bundles the pure functions tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +202,5 @@ async def _stream(
 
 
 async def _close(opened: OpenStream) -> None:
-    try:
+    with contextlib.suppress(ProviderError, RuntimeError, asyncio.CancelledError):
         await asyncio.shield(opened.events.aclose())
-    except (ProviderError, RuntimeError, asyncio.CancelledError):
-        pass

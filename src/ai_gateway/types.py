@@ -20,6 +20,8 @@ __all__ = [
     "FinishReason",
     "ImagePart",
     "Message",
+    "NativeEvent",
+    "NativePart",
     "Part",
     "ResponseFormat",
     "Role",
@@ -55,9 +57,22 @@ class ImagePart:
     data: str | None = None
     media_type: str | None = None
     detail: str | None = None
+    extra: dict[str, Any] | None = None  # as TextPart.extra
 
 
-Part = TextPart | ImagePart
+@dataclass(slots=True)
+class NativePart:
+    """A content block only one provider family understands, carried verbatim (Anthropic `thinking`,
+    `document`, server-tool blocks, ...). Providers of that family send it back as it is; the others
+    refuse it in `check()` unless it is `droppable`: reasoning a model wrote for itself, which another
+    model neither needs nor can verify (Anthropic itself ignores earlier turns' thinking)."""
+
+    family: str
+    block: dict[str, Any]
+    droppable: bool = False
+
+
+Part = TextPart | ImagePart | NativePart
 
 
 @dataclass(slots=True)
@@ -65,6 +80,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # the JSON text of the arguments, exactly as the model produced it
+    extra: dict[str, Any] | None = None  # as TextPart.extra
 
 
 @dataclass(slots=True)
@@ -86,6 +102,9 @@ class Tool:
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
+    # Provider-specific keys of the definition (Anthropic `cache_control`; for a provider-defined tool
+    # such as Anthropic's `web_search_*`, its whole definition, `type` included).
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -185,10 +204,20 @@ class UsageEvent:
 
 
 @dataclass(slots=True)
+class NativeEvent:
+    """A stream event of a NativePart, in its family's wire shape without the block index (Anthropic
+    `content_block_start` / `content_block_delta` / `content_block_stop` of a thinking block).
+    Renderers of other dialects skip it."""
+
+    family: str
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
 class StreamEnd:
     finish_reason: FinishReason
     usage: Usage | None = None
     stop_sequence: str | None = None
 
 
-StreamEvent = StreamStart | TextDelta | ToolCallDelta | UsageEvent | StreamEnd
+StreamEvent = StreamStart | TextDelta | ToolCallDelta | UsageEvent | NativeEvent | StreamEnd

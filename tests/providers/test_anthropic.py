@@ -12,6 +12,7 @@ from ai_gateway.types import (
     ChatRequest,
     ImagePart,
     Message,
+    NativeEvent,
     ResponseFormat,
     StreamEnd,
     StreamStart,
@@ -191,7 +192,6 @@ def test_headers() -> None:
     ("req", "param", "words"),
     [
         (request(response_format=ResponseFormat("json_object")), "response_format", "JSON mode"),
-        (request(response_format=ResponseFormat("json_schema", schema={})), "response_format", "JSON mode"),
         (request(seed=1), "seed", "seed"),
         (request(temperature=1.5), "temperature", "temperature"),
         (
@@ -224,6 +224,15 @@ def test_check_refuses_what_anthropic_cannot_carry(req: ChatRequest, param: str,
     with pytest.raises(UnsupportedFeatureError) as err:
         provider().check(req)
     assert err.value.param == param and words in err.value.message and "anthropic" in err.value.message
+
+
+def test_json_schema_goes_as_structured_output() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    req = request(response_format=ResponseFormat("json_schema", schema=schema))
+    req.extra["anthropic"] = {"output_config": {"effort": "low"}}
+    provider().check(req)
+    payload = provider()._map_request(req, "m", False)
+    assert payload["output_config"] == {"effort": "low", "format": {"type": "json_schema", "schema": schema}}
 
 
 def test_invalid_tool_arguments_name_the_param() -> None:
@@ -341,8 +350,17 @@ def test_stream_full_sequence() -> None:
     events, error = scripted_stream(provider(), events_sse(*_stream_events()))
     assert error is None
     usage = Usage(50, 15, cached_input_tokens=30)
+    thinking = {"type": "thinking", "thinking": ""}
     assert events == [
         StreamStart("msg_s", "claude-x"),
+        UsageEvent(Usage(50, 1, cached_input_tokens=30)),
+        # The thinking block goes on verbatim, for an Anthropic-dialect client to send back.
+        NativeEvent("anthropic", {"type": "content_block_start", "content_block": thinking}),
+        NativeEvent(
+            "anthropic",
+            {"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "hmm"}},
+        ),
+        NativeEvent("anthropic", {"type": "content_block_stop"}),
         TextDelta("Hi"),
         ToolCallDelta(0, "tu_1", "f", ""),
         ToolCallDelta(0, None, None, '{"a":'),
@@ -362,7 +380,7 @@ def test_stream_error_event(kind: str, status: int) -> None:
     failure = {"type": "error", "error": {"type": kind, "message": f"Overloaded {MARKER}"}}
     events, error = scripted_stream(provider(), events_sse(*_stream_events()[:7], failure))
     assert error is not None and (error.kind, error.status, error.retryable) == ("status", status, True)
-    assert MARKER not in error.message and len(events) == 2
+    assert MARKER not in error.message and text_of(events) == "Hi"
 
 
 # --- against the mock upstream ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ai_gateway.types import (
     ChatResponse,
     ImagePart,
     Message,
+    NativeEvent,
     Part,
     ResponseFormat,
     Role,
@@ -425,6 +426,8 @@ class StreamRenderer:
                 body = {**self._head, "choices": [], "usage": render_usage(usage or Usage())}
                 out += b"data: " + orjson.dumps(body) + b"\n\n"
             return out + b"data: [DONE]\n\n"
+        if isinstance(event, NativeEvent):
+            return b""  # another family's reasoning or server-tool block: no Chat Completions counterpart
         raise TypeError(f"unknown stream event {event!r}")
 
     def _tool_fragment(self, event: ToolCallDelta) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ai_gateway.errors import InvalidRequestError, ProviderError, UnsupportedFeatureError, scrub
+from ai_gateway.providers._carry import refuse_foreign
 from ai_gateway.providers._http import UpstreamResponse
 from ai_gateway.providers.base import Provider
 from ai_gateway.types import (
@@ -20,12 +21,15 @@ from ai_gateway.types import (
     FinishReason,
     ImagePart,
     Message,
+    NativeEvent,
+    NativePart,
     Part,
     StreamEnd,
     StreamEvent,
     StreamStart,
     TextDelta,
     TextPart,
+    Tool,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -41,6 +45,8 @@ DEFAULT_MAX_TOKENS = 4096
 # https://docs.anthropic.com/en/build-with-claude/vision#ensuring-image-quality
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
+_DROPPABLE = frozenset({"thinking", "redacted_thinking"})
+
 _TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any", "named": "tool"}
 
 _STOP: dict[str, FinishReason] = {
@@ -52,17 +58,37 @@ _STOP: dict[str, FinishReason] = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# What `POST /v1/messages/count_tokens` takes: https://docs.anthropic.com/en/api/messages-count-tokens
+_COUNT_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "speed",
+    }
+)
+# Headers a client may have forwarded: beta flags (Claude Code sends several).
+_FORWARD_HEADERS = ("anthropic-beta",)
 
 
 class AnthropicProvider(Provider):
     family = "anthropic"
 
     def check(self, request: ChatRequest) -> None:
+        refuse_foreign(request, self.name, self.family)
         fmt = request.response_format
-        if fmt is not None and fmt.type != "text":
+        if fmt is not None and fmt.type == "json_object":
+            # Structured outputs need a schema, and an object schema there must close its properties
+            # (https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs), so "any JSON
+            # object" has no counterpart.
             raise UnsupportedFeatureError(
-                f"{self.name} has no JSON mode (response_format {fmt.type}); ask for JSON in the prompt, "
-                "or offer a tool whose input schema is the shape you want",
+                f"{self.name} has no schema-less JSON mode (response_format json_object); send "
+                "response_format json_schema with a schema instead",
                 param="response_format",
             )
         if request.seed is not None:
@@ -108,6 +134,10 @@ class AnthropicProvider(Provider):
         headers["anthropic-version"] = self.settings.anthropic_version
         return headers
 
+    def _request_headers(self, request: ChatRequest) -> dict[str, str]:
+        sent = request.extra.get("anthropic-headers", {})
+        return {k: str(sent[k]) for k in _FORWARD_HEADERS if sent.get(k)}
+
     def _map_request(self, request: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         extra = request.extra.get("anthropic", {})
         max_tokens = request.max_tokens
@@ -131,14 +161,7 @@ class AnthropicProvider(Provider):
         if request.user:
             payload["metadata"] = {"user_id": request.user}
         if request.tools:
-            # A tool's `strict` is not sent: on the Messages API strict tool use is a beta feature
-            # (https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs); the schema still
-            # goes as input_schema, followed but not guaranteed.
-            payload["tools"] = [
-                {"name": t.name, "input_schema": t.parameters}
-                | ({"description": t.description} if t.description else {})
-                for t in request.tools
-            ]
+            payload["tools"] = [_map_tool(t) for t in request.tools]
             choice = request.tool_choice
             if choice is not None:
                 wire: dict[str, Any] = {"type": _TOOL_CHOICE[choice.mode]}
@@ -150,6 +173,12 @@ class AnthropicProvider(Provider):
         # Anthropic-only fields (`thinking`, `top_k`, `metadata`, ...) pass through as given; the model,
         # the conversation and the stream switch stay the gateway's.
         payload.update((k, v) for k, v in extra.items() if k not in ("model", "messages", "stream"))
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema":
+            # Structured outputs: https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs
+            config = dict(payload.get("output_config") or {})
+            config["format"] = {"type": "json_schema", "schema": fmt.schema or {}}
+            payload["output_config"] = config
         return payload
 
     # --- coming back --------------------------------------------------------------------------------
@@ -166,7 +195,8 @@ class AnthropicProvider(Provider):
                 calls.append(
                     ToolCall(block["id"], block["name"], orjson.dumps(block.get("input") or {}).decode())
                 )
-            # thinking / redacted_thinking / server-tool blocks are not part of the canonical answer
+            else:  # thinking, server-tool blocks: an Anthropic client needs them back verbatim
+                content.append(NativePart(self.family, block, droppable=kind in _DROPPABLE))
         return ChatResponse(
             id=data["id"],
             model=data.get("model") or model,
@@ -182,6 +212,7 @@ class AnthropicProvider(Provider):
         finish: FinishReason = "stop"
         stop_sequence: str | None = None
         tool_index: dict[int, int] = {}  # content block index -> n-th tool call
+        native: set[int] = set()  # indices of blocks passed on verbatim (thinking, server tools)
         async for event in resp.sse():
             data = orjson.loads(event.data)
             kind = data.get("type") or event.event
@@ -189,20 +220,30 @@ class AnthropicProvider(Provider):
                 message = data["message"]
                 usage.update(message.get("usage") or {})
                 yield StreamStart(message["id"], message.get("model") or model)
+                # Input counts are known from the start; an Anthropic-dialect client gets them there too.
+                yield UsageEvent(self._map_usage(usage))
             elif kind == "content_block_start":
                 block = data["content_block"]
                 if block.get("type") == "tool_use":
                     tool_index[data["index"]] = len(tool_index)
                     yield ToolCallDelta(tool_index[data["index"]], id=block["id"], name=block["name"])
-                elif block.get("type") == "text" and block.get("text"):
-                    yield TextDelta(block["text"])
+                elif block.get("type") == "text":
+                    if block.get("text"):
+                        yield TextDelta(block["text"])
+                else:
+                    native.add(data["index"])
+                    yield NativeEvent(self.family, {"type": kind, "content_block": block})
             elif kind == "content_block_delta":
                 delta = data["delta"]
-                if delta.get("type") == "text_delta" and delta.get("text"):
+                if data["index"] in native:
+                    yield NativeEvent(self.family, {"type": kind, "delta": delta})
+                elif delta.get("type") == "text_delta" and delta.get("text"):
                     yield TextDelta(delta["text"])
                 elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                     yield ToolCallDelta(tool_index[data["index"]], arguments=delta["partial_json"])
-                # thinking_delta / signature_delta: not part of the canonical answer
+            elif kind == "content_block_stop":
+                if data.get("index") in native:
+                    yield NativeEvent(self.family, {"type": kind})
             elif kind == "message_delta":
                 delta = data.get("delta") or {}
                 finish = _STOP.get(delta.get("stop_reason") or "end_turn", "stop")
@@ -215,7 +256,7 @@ class AnthropicProvider(Provider):
                 return
             elif kind == "error":
                 raise self._map_body_error(data.get("error"))
-            # `ping`, `content_block_stop` and event types added later are ignored, as the docs ask:
+            # `ping` and event types added later are ignored, as the docs ask:
             # https://docs.anthropic.com/en/api/messages-streaming#other-events
         raise ProviderError("reset", f"{self.name}: stream ended before `message_stop`")
 
@@ -241,6 +282,21 @@ class AnthropicProvider(Provider):
             status=status,
             upstream_message=scrub(message) if isinstance(message, str) and message else None,
         )
+
+    async def count_tokens(self, request: ChatRequest, model: str, deadline: float) -> int | None:
+        """The upstream's own count: https://docs.anthropic.com/en/api/messages-count-tokens"""
+        mapped = self._map_request(request, model, stream=False)
+        payload = {k: v for k, v in mapped.items() if k in _COUNT_KEYS}
+        url = f"{self.settings.base_url}/v1/messages/count_tokens"
+        resp = await self._post_json(url, payload, request, deadline)
+        try:
+            data = await resp.json()
+        finally:
+            resp.release()
+        count = data.get("input_tokens") if isinstance(data, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ProviderError("bad_response", f"{self.name}: unexpected token count shape")
+        return count
 
     # --- models -------------------------------------------------------------------------------------
     async def list_models(self, deadline: float) -> list[str]:
@@ -271,6 +327,7 @@ def _map_messages(messages: list[Message]) -> tuple[str | list[dict[str, Any]], 
             for j, call in enumerate(msg.tool_calls):
                 input_ = _parse_input(call, f"messages[{i}].tool_calls[{j}].function.arguments")
                 blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": input_})
+                blocks[-1].update(call.extra or {})
         if not blocks:
             continue  # Anthropic rejects empty turns; an empty message carries nothing
         role = "assistant" if msg.role == "assistant" else "user"
@@ -294,9 +351,24 @@ def _text_block(part: TextPart) -> dict[str, Any]:
     return block
 
 
+def _map_tool(tool: Tool) -> dict[str, Any]:
+    if tool.extra and tool.extra.get("type") not in (None, "custom"):
+        return tool.extra  # a provider-defined tool (web_search_*, bash_*, ...), as the client sent it
+    wire: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
+    if tool.description:
+        wire["description"] = tool.description
+    if tool.strict is not None:
+        # Strict tool use: https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs
+        wire["strict"] = tool.strict
+    wire.update(tool.extra or {})
+    return wire
+
+
 def _map_part(part: Part) -> dict[str, Any]:
     if isinstance(part, TextPart):
         return _text_block(part)
+    if isinstance(part, NativePart):
+        return part.block
     if part.data is not None:
         source = {"type": "base64", "media_type": part.media_type, "data": part.data}
     elif part.url and part.url.startswith("data:"):
@@ -305,7 +377,7 @@ def _map_part(part: Part) -> dict[str, Any]:
     else:
         # Image `detail` has no counterpart: Anthropic picks the resolution itself.
         source = {"type": "url", "url": part.url}
-    return {"type": "image", "source": source}
+    return {"type": "image", "source": source} | (part.extra or {})
 
 
 def _tool_result(msg: Message) -> dict[str, Any]:

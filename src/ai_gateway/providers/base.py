@@ -83,12 +83,20 @@ class Provider(abc.ABC):
         """Models the upstream says it serves; default: what the configuration declares."""
         return list(self.settings.models)
 
+    async def count_tokens(self, request: ChatRequest, model: str, deadline: float) -> int | None:
+        """The upstream's own count of the request's input tokens; None when it has no way to count."""
+        return None
+
     # --- the verbs each adapter implements --------------------------------------------------------
     @abc.abstractmethod
     def _url(self, stream: bool) -> str: ...
 
     @abc.abstractmethod
     def _headers(self) -> dict[str, str]: ...
+
+    def _request_headers(self, request: ChatRequest) -> dict[str, str]:
+        """Headers that depend on the request (Anthropic beta flags the client sent)."""
+        return {}
 
     @abc.abstractmethod
     def _map_request(self, request: ChatRequest, model: str, stream: bool) -> dict[str, Any]: ...
@@ -103,12 +111,16 @@ class Provider(abc.ABC):
     async def _post(
         self, request: ChatRequest, model: str, deadline: float, stream: bool
     ) -> UpstreamResponse:
+        payload = self._map_request(request, model, stream)
+        return await self._post_json(self._url(stream), payload, request, deadline)
+
+    async def _post_json(
+        self, url: str, payload: dict[str, Any], request: ChatRequest, deadline: float
+    ) -> UpstreamResponse:
         if self.settings.not_configured:
             raise ProviderError("not_configured", f"{self.name}: {self.settings.not_configured}")
-        payload = self._map_request(request, model, stream)
-        resp = await self._http.post(
-            self._url(stream), payload, self._headers(), self.settings.timeouts, deadline, self.name
-        )
+        headers = {**self._headers(), **self._request_headers(request)}
+        resp = await self._http.post(url, payload, headers, self.settings.timeouts, deadline, self.name)
         if resp.status >= 400:
             raise await self._map_error(resp)
         return resp

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ai_gateway.errors import InvalidRequestError, ProviderError, UnsupportedFeatureError, scrub
+from ai_gateway.providers._carry import error_marked, refuse_foreign
 from ai_gateway.providers._http import UpstreamResponse
 from ai_gateway.providers.base import Provider
 from ai_gateway.types import (
@@ -34,11 +35,17 @@ from ai_gateway.types import (
 
 __all__ = ["OllamaProvider"]
 
+# Sampling fields of other dialects that Ollama takes as `options` of the same name:
+# https://github.com/ollama/ollama/blob/main/docs/api.md#generate-request-with-options
+_OPTIONS = {"anthropic": ("top_k",), "openai": ("presence_penalty", "frequency_penalty")}
+_MAPS = frozenset(f"{family}.{key}" for family, keys in _OPTIONS.items() for key in keys)
+
 
 class OllamaProvider(Provider):
     family = "ollama"
 
     def check(self, request: ChatRequest) -> None:
+        refuse_foreign(request, self.name, self.family, _MAPS)
         choice = request.tool_choice
         if request.tools and choice is not None:
             # Ollama has no tool_choice: the model always decides for itself.
@@ -90,6 +97,9 @@ class OllamaProvider(Provider):
                 options[key] = value
         if request.stop:
             options["stop"] = list(request.stop)
+        for family, keys in _OPTIONS.items():
+            fields = request.extra.get(family, {})
+            options.update((k, fields[k]) for k in keys if fields.get(k) is not None)
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_object":
             payload["format"] = "json"
@@ -195,7 +205,8 @@ def _map_messages(messages: list[Message]) -> list[dict[str, Any]]:
     call_names: dict[str, str] = {}
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
-        item: dict[str, Any] = {"role": msg.role, "content": msg.text()}
+        text = msg.text()
+        item: dict[str, Any] = {"role": msg.role, "content": error_marked(msg, text)}
         images = [_image_base64(p) for p in msg.content if isinstance(p, ImagePart)]
         if images:
             item["images"] = images

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ai_gateway.errors import ProviderError, UnsupportedFeatureError, scrub
+from ai_gateway.providers._carry import error_marked, refuse_foreign
 from ai_gateway.providers._http import HttpClient, UpstreamResponse
 from ai_gateway.providers.base import Provider
 from ai_gateway.settings import ProviderSettings
@@ -24,6 +25,7 @@ from ai_gateway.types import (
     FinishReason,
     ImagePart,
     Message,
+    NativePart,
     Part,
     StreamEnd,
     StreamEvent,
@@ -61,6 +63,8 @@ class OpenAIProvider(Provider):
     # Whether TextPart.extra (e.g. Anthropic `cache_control`) is sent inside content parts. OpenAI itself
     # caches automatically and rejects unknown fields, so it is off here; OpenRouter forwards it.
     keep_part_extras: ClassVar[bool] = False
+    # Fields of other dialects this adapter carries itself (`_carry.refuse_foreign`).
+    maps: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: ProviderSettings, http: HttpClient) -> None:
         super().__init__(settings, http)
@@ -69,8 +73,17 @@ class OpenAIProvider(Provider):
         # https://platform.openai.com/docs/api-reference/chat/create#chat-create-max_tokens
         host = urlsplit(settings.base_url).hostname
         self._max_tokens_field = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        # api.openai.com takes at most 4 stop sequences; Anthropic clients may send more.
+        # https://platform.openai.com/docs/api-reference/chat/create#chat-create-stop
+        self._max_stops = 4 if host == "api.openai.com" else None
 
     def check(self, request: ChatRequest) -> None:
+        refuse_foreign(request, self.name, self.family, self.maps)
+        if self._max_stops is not None and len(request.stop) > self._max_stops:
+            raise UnsupportedFeatureError(
+                f"{self.name} takes at most {self._max_stops} stop sequences, not {len(request.stop)}",
+                param="stop",
+            )
         for i, msg in enumerate(request.messages):
             if msg.role != "user" and any(isinstance(p, ImagePart) for p in msg.content):
                 raise UnsupportedFeatureError(
@@ -128,9 +141,8 @@ class OpenAIProvider(Provider):
     def _map_message(self, msg: Message) -> dict[str, Any]:
         out: dict[str, Any] = {"role": msg.role}
         if msg.role == "tool":
-            # Chat Completions has no error flag on tool results: the result text itself says so.
             out["tool_call_id"] = msg.tool_call_id
-            out["content"] = self._map_content(msg.content, as_string=True)
+            out["content"] = error_marked(msg, self._map_content(msg.content, as_string=True))
             return out
         if msg.role == "assistant":
             text = msg.text()
@@ -148,17 +160,19 @@ class OpenAIProvider(Provider):
 
     def _map_content(self, parts: list[Part], as_string: bool) -> str | list[dict[str, Any]]:
         """A plain string when that loses nothing, else a list of content parts."""
-        extras = self.keep_part_extras and any(isinstance(p, TextPart) and p.extra for p in parts)
+        # Reasoning blocks of another family are dropped here; `check` refused every other native block.
+        parts = [p for p in parts if not isinstance(p, NativePart)]
+        extras = self.keep_part_extras and any(isinstance(p, TextPart) and _cache_mark(p) for p in parts)
         if not extras and (as_string or all(isinstance(p, TextPart) for p in parts)):
             return "".join(p.text for p in parts if isinstance(p, TextPart))
         mapped: list[dict[str, Any]] = []
         for part in parts:
             if isinstance(part, TextPart):
                 block: dict[str, Any] = {"type": "text", "text": part.text}
-                if self.keep_part_extras and part.extra:
-                    block.update(part.extra)
+                if self.keep_part_extras:
+                    block.update(_cache_mark(part))
                 mapped.append(block)
-            else:
+            elif isinstance(part, ImagePart):
                 url = part.url or f"data:{part.media_type or 'image/png'};base64,{part.data}"
                 image: dict[str, Any] = {"url": url}
                 if part.detail:
@@ -277,6 +291,12 @@ class OpenAIProvider(Provider):
             return [str(m["id"]) for m in data["data"]]
         except (KeyError, TypeError) as exc:
             raise ProviderError("bad_response", f"{self.name}: unexpected model list shape") from exc
+
+
+def _cache_mark(part: TextPart) -> dict[str, Any]:
+    """Anthropic `cache_control`, the one part extra OpenRouter passes on (to Anthropic and Gemini)."""
+    mark = (part.extra or {}).get("cache_control")
+    return {"cache_control": mark} if mark is not None else {}
 
 
 def _map_tool(tool: Tool) -> dict[str, Any]:

@@ -23,9 +23,14 @@ class OpenRouterProvider(OpenAIProvider):
     # OpenRouter forwards `cache_control` on text parts to the providers that honour it (Anthropic,
     # Gemini): https://openrouter.ai/docs/features/prompt-caching
     keep_part_extras: ClassVar[bool] = True
+    # https://openrouter.ai/docs/api-reference/parameters#top-k
+    maps: ClassVar[frozenset[str]] = frozenset({"anthropic.top_k"})
 
     def _map_request(self, request: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
         payload = super()._map_request(request, model, stream)
+        top_k = request.extra.get("anthropic", {}).get("top_k")
+        if top_k is not None:
+            payload["top_k"] = top_k
         # Ask for usage accounting so `usage.cost` comes back. Newer OpenRouter always sends it and
         # ignores the flag; older deployments need it. https://openrouter.ai/docs/use-cases/usage-accounting
         payload.setdefault("usage", {"include": True})

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import orjson
 
+from ai_gateway.testing._mock_inspect import Seen, inspect
+
 Json = dict[str, Any]
 Dialect = Literal["openai", "openrouter", "anthropic", "ollama"]
 Finish = Literal["stop", "length", "tool_calls", "stop_sequence"]
@@ -58,6 +60,9 @@ class Reply:
     output_tokens: int = 0
     usage: bool = True
     stream_usage: bool = False
+    cached_tokens: int = 0  # read from a prompt cache (part of input_tokens)
+    cache_write_tokens: int = 0  # written to a prompt cache (part of input_tokens)
+    thinking: str | None = None  # Anthropic: a thinking block before the answer
     rid: str = field(default_factory=lambda: rand_hex(24))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -111,6 +116,7 @@ class Prompt:
     stops: list[str]
     stream: bool
     stream_usage: bool
+    seen: Seen = field(default_factory=Seen)
 
 
 def _text_of(content: Any) -> str:
@@ -195,6 +201,10 @@ def parse_prompt(dialect: Dialect, body: Json) -> Prompt:
     users = [_text_of(m.get("content")) for m in _messages(body) if m.get("role") == "user"]
     disabled, forced = _tool_choice(dialect, body)
     opts = body.get("stream_options")
+    seen = inspect(dialect, body)
+    if seen.ends_with_tool_results:
+        # The answer after a tool round: what the tools returned, so a test sees the results arrived.
+        users = [" | ".join(str(r["content"]) for r in seen.tool_results if r["content"])]
     return Prompt(
         model=str(body.get("model") or ""),
         texts=[strip_directives(t) for t in raw_texts(dialect, body)],
@@ -206,6 +216,7 @@ def parse_prompt(dialect: Dialect, body: Json) -> Prompt:
         stops=_stops(dialect, body),
         stream=wants_stream(dialect, body),
         stream_usage=isinstance(opts, dict) and bool(opts.get("include_usage")),
+        seen=seen,
     )
 
 
@@ -222,7 +233,7 @@ def _oa_usage(r: Reply, openrouter: bool) -> Json:
         "prompt_tokens": r.input_tokens,
         "completion_tokens": r.output_tokens,
         "total_tokens": total,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": r.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -231,6 +242,8 @@ def _oa_usage(r: Reply, openrouter: bool) -> Json:
         },
     }
     if openrouter:
+        # https://openrouter.ai/docs/use-cases/usage-accounting
+        usage["prompt_tokens_details"]["cache_write_tokens"] = r.cache_write_tokens
         usage["cost"] = round(total * COST_PER_TOKEN, 12)
         usage["is_byok"] = False
         usage["cost_details"] = {"upstream_inference_cost": None}
@@ -259,7 +272,7 @@ def _oa_tool_call(c: ToolCall) -> Json:
 def openai_body(r: Reply, openrouter: bool) -> Json:
     message: Json = {
         "role": "assistant",
-        "content": None if r.tool_calls else r.text,
+        "content": (r.text or None) if r.tool_calls else r.text,
         "refusal": None,
         "annotations": [],
     }
@@ -323,10 +336,11 @@ _AN_STOP = {
 
 
 def _an_usage(r: Reply, output_tokens: int) -> Json:
+    # Anthropic's input_tokens leaves out what was read from or written to the prompt cache.
     return {
-        "input_tokens": r.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": max(0, r.input_tokens - r.cached_tokens - r.cache_write_tokens),
+        "cache_creation_input_tokens": r.cache_write_tokens,
+        "cache_read_input_tokens": r.cached_tokens,
         "output_tokens": output_tokens,
         "service_tier": "standard",
     }
@@ -347,55 +361,57 @@ def _an_message(r: Reply, content: list[Json], final: bool) -> Json:
     return msg
 
 
+def _an_thinking(r: Reply) -> Json:
+    return {"type": "thinking", "thinking": r.thinking or "", "signature": "sig-" + r.rid}
+
+
 def anthropic_body(r: Reply) -> Json:
-    content: list[Json]
-    if r.tool_calls:
-        content = [
-            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in r.tool_calls
-        ]
-    else:
-        content = [{"type": "text", "text": r.text}]
+    content: list[Json] = [_an_thinking(r)] if r.thinking else []
+    if r.text or not r.tool_calls:
+        content.append({"type": "text", "text": r.text})
+    content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in r.tool_calls]
     return _an_message(r, content, final=True)
 
 
-def _an_block_frames(r: Reply) -> list[Frame]:
-    """content_block_start / ping / deltas / content_block_stop for every block."""
-    frames: list[Frame] = []
-    ping = _sse({"type": "ping"}, "ping")
-    if not r.tool_calls:
-        frames.append(
-            _sse(
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                "content_block_start",
-            )
+def _an_block(index: int, block: Json, deltas: list[tuple[Json, str]], **start: Any) -> list[Frame]:
+    """One content block: start, its deltas (each with the text it carries), stop."""
+    frames = [
+        _sse(
+            {"type": "content_block_start", "index": index, "content_block": block},
+            "content_block_start",
+            **start,
         )
-        frames.append(ping)
-        for p in r.pieces:
-            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
-            frames.append(_sse(delta, "content_block_delta", content=True, text=p))
-        frames.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-        return frames
-    for i, c in enumerate(r.tool_calls):
-        block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
+    ]
+    for delta, text in deltas:
+        body = {"type": "content_block_delta", "index": index, "delta": delta}
         frames.append(
-            _sse(
-                {"type": "content_block_start", "index": i, "content_block": block},
-                "content_block_start",
-                content=True,
-                tools=1,
-            )
+            _sse(body, "content_block_delta", content=bool(text), text=text if delta.get("text") else "")
         )
-        if i == 0:
-            frames.append(ping)
-        for frag in ["", *_split_fragments(c.arguments_json)]:
-            delta = {
-                "type": "content_block_delta",
-                "index": i,
-                "delta": {"type": "input_json_delta", "partial_json": frag},
-            }
-            frames.append(_sse(delta, "content_block_delta", content=bool(frag)))
-        frames.append(_sse({"type": "content_block_stop", "index": i}, "content_block_stop"))
+    frames.append(_sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
     return frames
+
+
+def _an_block_frames(r: Reply) -> list[Frame]:
+    """Every block in order (thinking, text, tool calls), with a ping after the first one opens."""
+    blocks: list[list[Frame]] = []
+    if r.thinking:
+        deltas = [
+            ({"type": "thinking_delta", "thinking": r.thinking}, ""),
+            ({"type": "signature_delta", "signature": "sig-" + r.rid}, ""),
+        ]
+        blocks.append(_an_block(len(blocks), {"type": "thinking", "thinking": "", "signature": ""}, deltas))
+    if r.pieces or not r.tool_calls:
+        text_deltas = [({"type": "text_delta", "text": p}, p) for p in r.pieces]
+        blocks.append(_an_block(len(blocks), {"type": "text", "text": ""}, text_deltas))
+    for c in r.tool_calls:
+        frags = [
+            ({"type": "input_json_delta", "partial_json": f}, f)
+            for f in ["", *_split_fragments(c.arguments_json)]
+        ]
+        block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
+        blocks.append(_an_block(len(blocks), block, frags, content=True, tools=1))
+    frames = [f for block_frames in blocks for f in block_frames]
+    return [frames[0], _sse({"type": "ping"}, "ping"), *frames[1:]]
 
 
 def anthropic_stream(r: Reply) -> list[Frame]:
@@ -450,7 +466,7 @@ def _ol_tool_calls(r: Reply) -> list[Json]:
 
 
 def ollama_body(r: Reply) -> Json:
-    message: Json = {"role": "assistant", "content": "" if r.tool_calls else r.text}
+    message: Json = {"role": "assistant", "content": r.text}
     if r.tool_calls:
         message["tool_calls"] = _ol_tool_calls(r)
     return _ol_final(r, message)

@@ -20,6 +20,15 @@ Wire formats, all on one port
   always end with a usage chunk. ``HTTP-Referer``/``X-Title`` are recorded in the log.
 * Anthropic Messages: ``POST /v1/messages``. Needs ``x-api-key`` (401, or a key starting
   with ``invalid`` -> 401), ``anthropic-version`` (400) and ``max_tokens`` (400).
+  ``POST /v1/messages/count_tokens`` answers ``{"input_tokens": N}`` counted as below.
+  With ``thinking`` enabled the answer starts with a thinking block (``thinking_delta`` and
+  ``signature_delta`` when streamed).
+
+Every request is also checked the way the real upstream checks it (``_mock_inspect.validate``):
+an OpenAI ``tool`` message must answer a preceding call and every call must be answered; an
+Anthropic ``tool_use`` needs its ``tool_result`` in the next (merged) user turn and vice versa;
+image sources, block types, tool names and ``temperature`` are checked; Ollama images must be
+raw base64 and tool-call arguments objects. A violation is a 400 in the native shape.
 * Ollama: ``POST /api/chat`` (``stream`` defaults to true -> NDJSON), ``GET /api/tags``,
   ``GET /api/version``, ``GET /``. A model whose name starts with ``missing`` -> 404.
 
@@ -34,6 +43,12 @@ answer to that many words (finish ``length`` / ``max_tokens``). The first stop s
 (``stop`` / ``stop_sequences`` / ``options.stop``) found in the answer cuts it there
 (Anthropic: ``stop_reason: stop_sequence`` with ``stop_sequence`` set). Streams send one
 content chunk per word unless ``chunks=N``. The requested model name is echoed.
+
+When the conversation ends with tool results the answer is ``"mock reply: "`` + their contents
+joined by ``" | "``, and ``tool``/``tools`` directives no longer ask for calls. When the request
+asks for JSON (OpenAI ``response_format``, Anthropic ``output_config.format``, Ollama ``format``)
+the answer is a JSON value of the schema, strings filled with the text answer, or
+``{"reply": <text>}`` without a schema.
 
 Tool calls are answered when the request defines tools and either ``tool=1`` /
 ``tools=N`` is given or ``tool_choice`` forces one (OpenAI ``"required"`` or a named
@@ -71,6 +86,14 @@ Unknown keys are ignored but are part of the ``fail_times`` counter key, so add 
 * ``text=...``      the answer text.
 * ``tool=1`` / ``tools=N``  answer with 1 / N tool calls (when tools are defined).
 * ``tool_args=<json object>``  tool-call arguments (default ``{"arg": "value"}``).
+* ``preamble=...``  text the model says before its tool calls (text block, then tool blocks).
+* ``echo=1``        the answer is a JSON summary of what the mock saw (``Seen.summary()``:
+                    system, roles, images, tool_calls, tool_results, tools, json, stops,
+                    top_k, thinking), whatever the wire format.
+* ``cached=N`` / ``cache_write=N``  report N input tokens as read from / written to a prompt
+                    cache (OpenAI ``cached_tokens``; OpenRouter also ``cache_write_tokens``;
+                    Anthropic ``cache_read_input_tokens`` / ``cache_creation_input_tokens``, its
+                    ``input_tokens`` then excluding them; Ollama reports no cache).
 
 Control endpoints (never counted in ``calls``)
 ----------------------------------------------
@@ -87,8 +110,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import re
-import shlex
 import signal
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -99,11 +120,12 @@ import orjson
 from aiohttp import web
 
 from ai_gateway.testing import _mock_wire as wire
+from ai_gateway.testing._mock_inspect import validate
+from ai_gateway.testing._mock_reply import Directives, build_reply, input_tokens, parse_directive_text
 from ai_gateway.testing._mock_wire import (
     DIRECTIVE_RE,
     Dialect,
     Json,
-    Prompt,
     parse_prompt,
     raw_texts,
     wants_stream,
@@ -120,43 +142,6 @@ _OLLAMA_MODELS = (
 # --------------------------------------------------------------------------- directives
 
 
-@dataclass(frozen=True)
-class Directives:
-    """Merged ``key=value`` fault directives for one request."""
-
-    raw: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in sorted(self.raw.items()))
-
-    def get(self, name: str) -> str | None:
-        return self.raw.get(name)
-
-    def int(self, name: str) -> int | None:
-        try:
-            return int(self.raw[name])
-        except (KeyError, ValueError):
-            return None
-
-    def flag(self, name: str) -> bool:
-        return self.raw.get(name, "0").lower() not in ("", "0", "false", "no")
-
-
-def parse_directive_text(text: str) -> dict[str, str]:
-    """``'a=1 text="x y" b'`` -> ``{"a": "1", "text": "x y", "b": "1"}``."""
-    try:
-        tokens = shlex.split(text)
-    except ValueError:
-        tokens = text.split()
-    out: dict[str, str] = {}
-    for tok in tokens:
-        name, sep, value = tok.partition("=")
-        if name:
-            out[name.strip().lower()] = value if sep else "1"
-    return out
-
-
 def _collect_directives(request: web.Request, texts: list[str], default: str | None) -> Directives:
     raw = parse_directive_text(default) if default else {}
     for text in texts:
@@ -166,82 +151,6 @@ def _collect_directives(request: web.Request, texts: list[str], default: str | N
     if header:
         raw |= parse_directive_text(header)
     return Directives(raw)
-
-
-# --------------------------------------------------------------------------- reply building
-
-
-def _first_words(text: str, n: int) -> str:
-    ends = [m.end() for m in re.finditer(r"\S+", text)]
-    return text[: ends[n - 1]] if n > 0 else ""
-
-
-def apply_limits(text: str, max_tokens: int | None, stops: list[str]) -> tuple[str, wire.Finish, str | None]:
-    """Cut at the earliest stop sequence, then truncate to ``max_tokens`` words."""
-    hits = sorted((text.find(s), s) for s in stops if s in text)
-    stop_seq = hits[0][1] if hits else None
-    if hits:
-        text = text[: hits[0][0]]
-    if max_tokens is not None and len(text.split()) > max_tokens:
-        return _first_words(text, max_tokens), "length", None
-    return text, ("stop_sequence" if stop_seq else "stop"), stop_seq
-
-
-def split_pieces(text: str, chunks: int | None) -> tuple[str, ...]:
-    """One piece per word (leading whitespace attached), or ``chunks`` even pieces."""
-    pieces = re.findall(r"\s*\S+", text)
-    rest = text[len("".join(pieces)) :]
-    if rest:
-        pieces = [*pieces[:-1], pieces[-1] + rest] if pieces else [rest]
-    if not chunks or chunks <= 0 or not text:
-        return tuple(pieces)
-    if chunks <= len(pieces):
-        q, r = divmod(len(pieces), chunks)
-        sizes = [q + (1 if i < r else 0) for i in range(chunks)]
-        starts = [sum(sizes[:i]) for i in range(chunks)]
-        return tuple("".join(pieces[s : s + n]) for s, n in zip(starts, sizes, strict=True))
-    n = min(chunks, len(text))
-    bounds = [round(i * len(text) / n) for i in range(n + 1)]
-    return tuple(text[bounds[i] : bounds[i + 1]] for i in range(n))
-
-
-def _tool_call_id(dialect: Dialect) -> str:
-    return "toolu_01" + wire.rand_hex(22) if dialect == "anthropic" else "call_" + wire.rand_hex(24)
-
-
-def _tool_calls(dialect: Dialect, p: Prompt, d: Directives) -> tuple[wire.ToolCall, ...]:
-    count = d.int("tools") or 0
-    wanted = p.forced_tool is not None or d.flag("tool") or count > 0
-    if not p.tools or p.tools_disabled or not wanted:
-        return ()
-    try:
-        args = orjson.loads(d.get("tool_args") or '{"arg": "value"}')
-    except orjson.JSONDecodeError:
-        args = {"arg": "value"}
-    args = args if isinstance(args, dict) else {"arg": args}
-    names = [p.forced_tool or p.tools[i % len(p.tools)] for i in range(max(1, count))]
-    return tuple(wire.ToolCall(_tool_call_id(dialect), name, args) for name in names)
-
-
-def build_reply(dialect: Dialect, p: Prompt, d: Directives) -> wire.Reply:
-    common: Json = {
-        "model": p.model,
-        "input_tokens": max(1, sum(len(t.split()) for t in p.texts)),
-        "usage": not d.flag("no_usage"),
-        "stream_usage": p.stream_usage,
-    }
-    calls = _tool_calls(dialect, p, d)
-    if calls:
-        return wire.Reply(
-            pieces=(), tool_calls=calls, finish="tool_calls", output_tokens=len(calls), **common
-        )
-    text = d.get("text")
-    answer = text if text is not None else f"mock reply: {p.last_user}".strip()
-    answer, finish, stop_seq = apply_limits(answer, p.max_tokens, p.stops)
-    pieces = split_pieces(answer, d.int("chunks"))
-    return wire.Reply(
-        pieces=pieces, finish=finish, stop_sequence=stop_seq, output_tokens=len(answer.split()), **common
-    )
 
 
 # --------------------------------------------------------------------------- state
@@ -357,6 +266,11 @@ def _validate_body(dialect: Dialect, body: Json | None) -> ErrorSpec | None:
     if dialect == "ollama" and model.startswith("missing"):
         return ErrorSpec(404)
     return None
+
+
+def _validate_shape(dialect: Dialect, body: Json | None) -> ErrorSpec | None:
+    problem = validate(dialect, body) if body is not None else None
+    return ErrorSpec(400, problem) if problem else None
 
 
 def _injected_error(d: Directives, state: MockState) -> ErrorSpec | None:
@@ -505,7 +419,12 @@ async def _chat(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         state.mark(rec, "dropped")
         _abort(request)
         return web.Response()
-    err = _validate_auth(dialect, request) or _validate_body(dialect, body) or _injected_error(d, state)
+    err = (
+        _validate_auth(dialect, request)
+        or _validate_body(dialect, body)
+        or _validate_shape(dialect, body)
+        or _injected_error(d, state)
+    )
     if err is not None or body is None:
         err = err or ErrorSpec(400)
         rec.status = err.status
@@ -520,6 +439,28 @@ async def _chat(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     if d.flag("bad_json"):
         return web.Response(body=wire.GARBAGE_BODY, content_type="application/json")
     return _json_response(wire.render_body(dialect, reply))
+
+
+async def _anthropic_count(request: web.Request) -> web.Response:
+    """``POST /v1/messages/count_tokens``: the words the chat endpoint would count as input."""
+    state = request.app[STATE_KEY]
+    rec = state.begin(request)
+    body, rec.body = await _read_body(request)
+    d = _collect_directives(request, raw_texts("anthropic", body) if body else [], state.fault)
+    rec.fault = d.key
+    err = (
+        _validate_auth("anthropic", request)
+        or _validate_shape("anthropic", body)
+        or _injected_error(d, state)
+    )
+    if body is None or not isinstance(body.get("messages"), list) or not body.get("model"):
+        err = err or ErrorSpec(400, "messages: Field required")
+    state.mark(rec, "completed")
+    if err is not None or body is None:
+        rec.status = (err or ErrorSpec(400)).status
+        return _error_response("anthropic", request, body, err or ErrorSpec(400))
+    rec.status = 200
+    return _json_response({"input_tokens": input_tokens(parse_prompt("anthropic", body))})
 
 
 def _chat_handler(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -609,6 +550,7 @@ def build_app() -> web.Application:
         r.add_post(path, _chat_handler("openai"))
     r.add_post("/api/v1/chat/completions", _chat_handler("openrouter"))
     r.add_post("/v1/messages", _chat_handler("anthropic"))
+    r.add_post("/v1/messages/count_tokens", _anthropic_count)
     r.add_post("/api/chat", _chat_handler("ollama"))
     r.add_get("/api/tags", _ollama_tags)
     r.add_get("/api/version", _ollama_version)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import Postgres, Redis, start_postgres, start_redis
 from tests.support import Proc, Upstreams, start_gateway, start_upstreams
 
 
@@ -36,3 +37,21 @@ def mocks(upstreams: Upstreams) -> Iterator[Upstreams]:
     upstreams.reset()
     yield upstreams
     upstreams.reset()
+
+
+# --- PostgreSQL and Redis for the auth tests (tests/services.py) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server; `postgres.new_database()` gives a fresh database, dropped at session end."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    server = start_redis()
+    yield server
+    server.stop()

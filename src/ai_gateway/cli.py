@@ -1,4 +1,5 @@
-"""The `ai-gateway` command: `serve` and `config check` (admin commands arrive with the keys issue)."""
+"""The `ai-gateway` command: `serve`, `config check`, and the admin commands of `admin_cli`
+(`tenants create|list`, `keys create|list|revoke`, `db upgrade`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ai_gateway import admin_cli
 from ai_gateway.settings import ConfigError, Settings, check_config, describe, load_settings
 
 __all__ = ["main"]
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-open",
         action="store_true",
         default=None,
-        help="in open mode (no master key), allow binding a non-loopback address",
+        help="in open mode (no master key, no key in the database), allow binding a non-loopback address",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error")
 
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate the configuration offline and explain each problem")
     check.add_argument("--config", help="YAML config file to check")
+    admin_cli.add_commands(sub)
     return parser
 
 
@@ -65,25 +68,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     level = settings.server.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not _open_mode_allowed(settings):
-        return 2
     return _run(settings)
 
 
-def _open_mode_allowed(settings: Settings) -> bool:
-    if settings.master_key:
+def _open_mode_allowed(settings: Settings, open_mode: bool) -> bool:
+    """CONTRACT §2: open mode (no master key, no key in the database) binds loopback unless --allow-open."""
+    if not open_mode:
         return True
     host = settings.server.host
     if not _is_loopback(host) and not settings.server.allow_open:
         print(
-            f"refusing to bind {host} in open mode: with no AIGW_MASTER_KEY anyone who can reach it may call "
-            "models on your keys. Set AIGW_MASTER_KEY, bind 127.0.0.1, or pass --allow-open.",
+            f"refusing to bind {host} in open mode: with no AIGW_MASTER_KEY and no API key in the database, "
+            "anyone who can reach it may call models on your keys. Set AIGW_MASTER_KEY, bind 127.0.0.1, "
+            "or pass --allow-open.",
             file=sys.stderr,
         )
         return False
     log.warning(
-        "open mode: no AIGW_MASTER_KEY is set, so requests need no key (bound to %s). "
-        "Set AIGW_MASTER_KEY to require keys.",
+        "open mode: no AIGW_MASTER_KEY is set and the database holds no API key, so requests need no key "
+        "(bound to %s; the admin API answers loopback clients only). Set AIGW_MASTER_KEY or create a key "
+        "to require keys.",
         host,
     )
     return True
@@ -92,12 +96,23 @@ def _open_mode_allowed(settings: Settings) -> bool:
 def _run(settings: Settings) -> int:
     import uvicorn
 
+    from ai_gateway.errors import GatewayError
     from ai_gateway.web.app import create_app
 
     for name, provider in settings.providers.items():
         if provider.not_configured:
             log.info("provider %s not configured: %s", name, provider.not_configured)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except GatewayError as exc:  # the database is unreachable: the message names no DSN
+        print(f"cannot start: {exc.message} (AIGW_DATABASE_URL)", file=sys.stderr)
+        return 2
+    if not _open_mode_allowed(settings, app.auth.open_mode):
+        app.store.close()
+        return 2
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -134,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "config":
         return _config_check(args)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args)
     return 2
 
 

@@ -1,7 +1,11 @@
 """The ASGI application: a route table, the lifespan, error rendering.
 
-Everything stateful (HTTP pool, providers, pipeline) is built here in the app factory and handed to the
-handlers; there is no module-level mutable state.
+Everything stateful (HTTP pool, providers, pipeline, key store, authenticator) is built here in the app
+factory and handed to the handlers; there is no module-level mutable state.
+
+Every request is authenticated and its scope checked (policy/auth.py, ENDPOINT_SCOPES) before a route is
+looked up or a body is read; `/admin/*`, `/docs` and `/openapi.json` are then handed to the FastAPI admin
+app (web/admin.py).
 """
 
 from __future__ import annotations
@@ -12,12 +16,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ai_gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
+from ai_gateway.policy.auth import (
+    PRINCIPAL,
+    Authenticator,
+    load_hash_secret,
+    principal_of,
+    require,
+    required_scopes,
+)
 from ai_gateway.policy.pipeline import Pipeline
 from ai_gateway.providers import build_providers
 from ai_gateway.providers._http import HttpClient
 from ai_gateway.settings import Settings
+from ai_gateway.stores.revocations import RedisRevocations
+from ai_gateway.stores.sql import SqlStore
 from ai_gateway.web._asgi import ClientGone, Message, Receive, Request, Scope, Send, json_bytes
+from ai_gateway.web.admin import REQUEST_ID, create_admin_app
 from ai_gateway.web.calls import OPENAI, SIMPLE, handle_call
+from ai_gateway.web.messages import ANTHROPIC, handle_count_tokens, is_messages_path
 
 __all__ = ["GatewayApp", "create_app"]
 
@@ -25,6 +41,9 @@ log = logging.getLogger("ai_gateway")
 
 Handler = Callable[[Request, Send], Awaitable[None]]
 _MODELS_TTL_S = 60.0
+_READY_DB_TIMEOUT_S = 2.0
+_ADMIN_PATHS = ("/docs", "/openapi.json")
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
 
 
 class _TrackedSend:
@@ -47,11 +66,15 @@ class GatewayApp:
         self.settings = settings
         self.http = HttpClient()
         self.pipeline = Pipeline(settings, build_providers(settings, self.http))
+        self.store, self.auth = _build_auth(settings)
+        self.admin = create_admin_app(self.store, self.auth)
         self.draining = False
         self._models_at = -_MODELS_TTL_S
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat_completions},
             "/v1/chat": {"POST": self._simple_chat},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
             "/v1/models": {"GET": self._models},
             "/healthz": {"GET": self._healthz},
             "/readyz": {"GET": self._readyz},
@@ -68,10 +91,13 @@ class GatewayApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.auth.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.draining = True
                 await self.http.close()
+                await self.auth.close()
+                await asyncio.to_thread(self.store.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -79,6 +105,14 @@ class GatewayApp:
         req = Request(scope, receive)
         tracked = _TrackedSend(send)
         try:
+            accepted = required_scopes(req.path)
+            if accepted:  # () is a public endpoint: no key is even looked at
+                principal = await self.auth.authenticate(scope["headers"], scope.get("client"))
+                require(principal, accepted)
+                scope[PRINCIPAL] = principal
+            if req.path.startswith("/admin/") or req.path == "/admin" or req.path in _ADMIN_PATHS:
+                await self._admin(req, tracked)
+                return
             methods = self._routes.get(req.path.rstrip("/") or "/")
             if methods is None:
                 raise NotFoundError(f"Unknown path {req.path!r}.", code="not_found")
@@ -94,21 +128,44 @@ class GatewayApp:
             return
         except GatewayError as err:
             if not tracked.started:
-                await send_error(send, req.request_id, err)
+                await send_error(send, req.request_id, err, req.path)
         except Exception:
             log.exception("unhandled error in request %s", req.request_id)
             if not tracked.started:
                 internal = GatewayError(
                     "The gateway hit an internal error; the request id identifies it in the logs."
                 )
-                await send_error(send, req.request_id, internal)
+                await send_error(send, req.request_id, internal, req.path)
 
     # --- handlers -----------------------------------------------------------------------------------
+    async def _admin(self, req: Request, send: Send) -> None:
+        req.scope[REQUEST_ID] = req.request_id
+        # `curl -d` labels JSON as a form; like the model endpoints, the admin API reads bodies as JSON.
+        # (No CSRF angle: the key travels in a header, which no browser adds cross-site.)
+        req.scope["headers"] = [
+            (k, b"application/json" if k == b"content-type" and v.startswith(_FORM_TYPES) else v)
+            for k, v in req.scope["headers"]
+        ]
+        extra = [(b"x-request-id", req.request_id.encode()), (b"cache-control", b"no-store")]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.admin(req.scope, req.receive, send_with_headers)
+
     async def _chat_completions(self, req: Request, send: Send) -> None:
         await handle_call(OPENAI, req, send, self.pipeline, self.settings.server)
 
     async def _simple_chat(self, req: Request, send: Send) -> None:
         await handle_call(SIMPLE, req, send, self.pipeline, self.settings.server)
+
+    async def _messages(self, req: Request, send: Send) -> None:
+        await handle_call(ANTHROPIC, req, send, self.pipeline, self.settings.server)
+
+    async def _count_tokens(self, req: Request, send: Send) -> None:
+        await handle_count_tokens(req, send, self.pipeline, self.settings.server)
 
     async def _models(self, req: Request, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -117,7 +174,7 @@ class GatewayApp:
             self._models_at = loop.time()
         data = [
             {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
-            for model_id, owner in self.pipeline.router.listing()
+            for model_id, owner in self.pipeline.listing(principal_of(req.scope))
         ]
         await send_json(send, 200, {"object": "list", "data": data}, req.request_id)
 
@@ -130,9 +187,16 @@ class GatewayApp:
             for name, ps in ((n, p.settings) for n, p in self.pipeline.providers.items())
         }
         breakers = self.pipeline.breakers.states()
-        status = 503 if self.draining else 200
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), _READY_DB_TIMEOUT_S)
+            database = "ok"
+        except (GatewayError, TimeoutError):
+            database = "unreachable"
+        ready = not self.draining and database == "ok"
+        status = 200 if ready else 503
         body = {
-            "status": "draining" if self.draining else "ready",
+            "status": "ready" if ready else "draining" if self.draining else "database unreachable",
+            "database": database,
             "providers": providers,
             "breakers": breakers,
         }
@@ -153,17 +217,33 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-async def send_error(send: Send, request_id: str, err: GatewayError) -> None:
+async def send_error(send: Send, request_id: str, err: GatewayError, path: str = "") -> None:
+    """The error in the shape of the API at `path`: Anthropic's under /v1/messages, else OpenAI's."""
     extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
     if err.retry_after is not None:
         extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
     if err.status == 401:
         extra.append((b"www-authenticate", b'Bearer realm="ai-gateway"'))
-    body = {
-        "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code},
-        "request_id": request_id,
-    }
+    if is_messages_path(path):
+        body = ANTHROPIC.error_body(err, request_id)
+    else:
+        body = {
+            "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code},
+            "request_id": request_id,
+        }
     await send_json(send, err.status, body, request_id, extra)
+
+
+def _build_auth(settings: Settings) -> tuple[SqlStore, Authenticator]:
+    """Connect, migrate, and read whether any key exists: blocking, once, before the server starts.
+    Raises ServiceUnavailableError (database unreachable) or ConfigError (hashing secret unusable)."""
+    store = SqlStore(settings.database_url)
+    store.upgrade()
+    secret = load_hash_secret(settings.auth.key_hash_secret, store.sqlite_file)
+    feed = RedisRevocations(settings.redis_url, store.installation_id()) if settings.redis_url else None
+    auth = Authenticator(store, secret, settings.master_key, ttl_s=settings.auth.cache_ttl_s, feed=feed)
+    auth.load()
+    return store, auth
 
 
 def create_app(settings: Settings) -> GatewayApp:

@@ -1,6 +1,8 @@
 """Thin handlers for the model-call endpoints: parse (dialect) -> pipeline -> render (dialect).
 
-Both ingress dialects share one flow; a `Dialect` bundles the pure functions that differ.
+Both ingress dialects share one flow; a `Dialect` bundles the pure functions that differ. The caller was
+authenticated with the `chat` scope before its body was read (web/app.py); the pipeline checks its model
+patterns once the route is known.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Protocol
 
 from ai_gateway.dialects import openai_chat, simple_chat
 from ai_gateway.errors import GatewayError, ProviderError, UpstreamError
+from ai_gateway.policy.auth import principal_of
 from ai_gateway.policy.fallback import OpenStream
 from ai_gateway.policy.pipeline import CallContext, Pipeline
 from ai_gateway.settings import ServerSettings
@@ -38,6 +41,8 @@ class Dialect:
     render: Callable[[ChatResponse, Request, CallContext, str, str], dict[str, Any]]
     stream_renderer: Callable[[ChatRequest, Request, CallContext, str, str], _Renderer]
     error_body: Callable[[GatewayError, str], dict[str, Any]]
+    # Request headers that change the call (Anthropic `anthropic-beta`), read into the canonical request.
+    from_headers: Callable[[ChatRequest, Request], None] | None = None
 
 
 def _provider_cost(resp_usage: Any) -> Decimal | None:
@@ -136,7 +141,9 @@ async def handle_call(
 ) -> None:
     body = await req.json(server.max_body_bytes)
     chat = dialect.parse(body, server.max_messages, server.max_output_tokens)
-    ctx = pipeline.new_context(req.request_id)
+    if dialect.from_headers is not None:
+        dialect.from_headers(chat, req)
+    ctx = pipeline.new_context(req.request_id, principal_of(req.scope))
     if chat.stream:
         opened = await until_disconnect(pipeline.open_stream(chat, ctx), req.receive)
         await _stream(dialect, chat, req, send, pipeline, ctx, opened)
@@ -186,8 +193,11 @@ async def _stream(
             # After the first byte there is no fallback: end the stream with a protocol-correct error.
             pipeline.fallback.stream_failed(target, exc)
             log.warning("stream %s from %s broke: %s", req.request_id, target.label, exc.message)
+            # Overload is told apart (Anthropic's `overloaded_error`): the client may try again later.
+            overloaded = exc.status in (503, 529)
             err = UpstreamError(
-                f"The upstream stream failed after it started: {exc.message}", code="upstream_stream_error"
+                f"The upstream stream failed after it started: {exc.message}",
+                code="upstream_overloaded" if overloaded else "upstream_stream_error",
             )
             await send({"type": "http.response.body", "body": renderer.error(err), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

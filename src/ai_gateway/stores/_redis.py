@@ -1,0 +1,54 @@
+"""The Redis client the limiter and the cache share, and the one place their redis errors are mapped.
+
+Every call is bounded by one short timeout (50 ms by default, research/reliability.md D1): a limiter
+that waits on a sick Redis adds that wait to every request (traefik #12042). redis-py's own retries are
+off for the same reason; the caller decides what a failure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from ai_gateway.errors import BackendUnavailableError
+
+__all__ = ["DEFAULT_TIMEOUT_S", "connect", "redis_errors"]
+
+DEFAULT_TIMEOUT_S = 0.05
+
+
+def connect(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> aioredis.Redis:
+    """A client with its own connection pool; connecting is lazy, so this never fails on a dead Redis."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+@asynccontextmanager
+async def redis_errors(what: str, timeout_s: float) -> AsyncIterator[None]:
+    """Bound the block by `timeout_s` and turn any redis failure into BackendUnavailableError.
+
+    The timeout covers the pool, the connect and the reply together, so a request never waits longer.
+    A ResponseError is Redis refusing one command (WRONGTYPE at a key, OOM), not Redis being gone.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise BackendUnavailableError(f"redis {what}: no answer within {timeout_s * 1000:g} ms") from exc
+    except ResponseError as exc:
+        transient = str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY"))
+        # The reply's first word names the error (WRONGTYPE, OOM, ...); nothing else of it is kept.
+        kind = str(exc).split(" ", 1)[0] or type(exc).__name__
+        raise BackendUnavailableError(f"redis {what}: {kind}", transient=transient) from exc
+    except (RedisError, OSError) as exc:
+        raise BackendUnavailableError(f"redis {what}: {type(exc).__name__}") from exc

@@ -78,6 +78,7 @@ def test_environment_configures_providers_and_server() -> None:
         "AIGW_OPENAI_MODEL": "gpt-4.1-nano",
         "AIGW_MASTER_KEY": "m" * 32,
         "AIGW_DATABASE_URL": "postgresql://gw:pw@db/gw",
+        "AIGW_KEY_HASH_SECRET": "h" * 32,  # PostgreSQL requires it (replicas must share it)
         "AIGW_REDIS_URL": "redis://redis:6379/0",
     }
     s = load_settings(env=env)
@@ -417,6 +418,7 @@ def test_secrets_never_appear_in_repr_str_or_describe() -> None:
         "AIGW_MASTER_KEY": SECRET + "-master",
         "AIGW_DATABASE_URL": f"postgresql://gw:{SECRET}@db/gw",
         "AIGW_REDIS_URL": f"redis://:{SECRET}@redis:6379/0",
+        "AIGW_KEY_HASH_SECRET": SECRET + "-hash",
     }
     s = load_settings(env=env)
     for text in (repr(s), str(s), repr(s.providers["openai"]), "\n".join(describe(s))):
@@ -507,3 +509,75 @@ def test_settings_are_frozen() -> None:
         s.server.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         s.providers["x"] = s.providers["ollama"]  # type: ignore[index]
+
+
+# --- auth settings (issue 4) ----------------------------------------------------------------------------
+
+
+def test_auth_defaults_and_environment() -> None:
+    s = load_settings(env={})
+    assert (s.auth.key_hash_secret, s.auth.cache_ttl_s) == (None, 10.0)
+    s = load_settings(env={"AIGW_KEY_HASH_SECRET": "x" * 40, "AIGW_AUTH_CACHE_TTL_S": "2.5"})
+    assert (s.auth.key_hash_secret, s.auth.cache_ttl_s) == ("x" * 40, 2.5)
+    assert load_settings(env={"AIGW_AUTH_CACHE_TTL_S": "0"}).auth.cache_ttl_s == 0.0
+
+
+def test_postgres_requires_the_hashing_secret_and_names_it() -> None:
+    [problem] = problems_of({"AIGW_DATABASE_URL": "postgresql://gw@db/gw"})
+    assert problem.key == "AIGW_KEY_HASH_SECRET"
+    assert "PostgreSQL" in problem.message and "secrets.token_hex" in problem.fix
+    # SQLite generates its own on first start, so nothing is required there.
+    assert load_settings(env={"AIGW_DATABASE_URL": "sqlite:///./x.db"}).auth.key_hash_secret is None
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"AIGW_KEY_HASH_SECRET": "short"}, "AIGW_KEY_HASH_SECRET"),
+        ({"AIGW_AUTH_CACHE_TTL_S": "soon"}, "AIGW_AUTH_CACHE_TTL_S"),
+        ({"AIGW_AUTH_CACHE_TTL_S": "-1"}, "AIGW_AUTH_CACHE_TTL_S"),
+        ({"AIGW_AUTH_CACHE_TTL_S": "nan"}, "AIGW_AUTH_CACHE_TTL_S"),
+        ({"AIGW_AUTH_CACHE_TTL_S": "301"}, "AIGW_AUTH_CACHE_TTL_S"),
+    ],
+)
+def test_bad_auth_settings_are_problems(env: dict[str, str], key: str) -> None:
+    assert keys(problems_of(env)) == {key}
+
+
+def test_hashing_secret_never_appears_in_repr_or_describe_or_problems() -> None:
+    s = load_settings(env={"AIGW_KEY_HASH_SECRET": SECRET})
+    assert s.auth.key_hash_secret == SECRET
+    for text in (repr(s), repr(s.auth), "\n".join(describe(s))):
+        assert SECRET not in text
+    assert "key hashing secret: AIGW_KEY_HASH_SECRET" in describe(s)
+    short = "sk-short-5ecret"
+    assert short not in str(ConfigError(problems_of({"AIGW_KEY_HASH_SECRET": short})))
+
+
+def test_limiter_and_cache_tuning(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        limits: {expected_replicas: 3, backend_timeout_s: 0.1, tpm: 100000}
+        cache: {max_bytes: 1048576}
+        """,
+    )
+    s = load_settings(env={}, config_path=path)
+    assert (s.limits.expected_replicas, s.limits.backend_timeout_s, s.limits.tpm) == (3, 0.1, 100_000)
+    assert s.cache.max_bytes == 1_048_576
+    defaults = load_settings(env={}, config_path=write(tmp_path, "", "empty.yaml"))
+    assert (defaults.limits.expected_replicas, defaults.limits.backend_timeout_s) == (1, 0.05)
+    bad = write(
+        tmp_path,
+        """
+        limits: {expected_replicas: 0, backend_timeout_s: 0, rpm: 20000000000}
+        cache: {max_bytes: 10}
+        """,
+        "bad.yaml",
+    )
+    assert keys(problems_of(config_path=bad)) == {
+        "limits.expected_replicas",
+        "limits.backend_timeout_s",
+        "limits.rpm",
+        "cache.max_bytes",
+    }

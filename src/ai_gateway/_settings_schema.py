@@ -330,13 +330,16 @@ RETRIES: Mapping[str, Check] = {
 BREAKER: Mapping[str, Check] = {"failure_threshold": integer(1), "cooldown_s": number(positive=True)}
 LIMITS: Mapping[str, Check] = {
     "on_backend_error": choice("local", "allow", "deny"),
-    "rpm": integer(1),
-    "tpm": integer(1),
+    "rpm": integer(1, 10_000_000_000),  # stores/buckets.py MAX_LIMIT
+    "tpm": integer(1, 10_000_000_000),
+    "expected_replicas": integer(1),
+    "backend_timeout_s": number(positive=True),
 }
 CACHE: Mapping[str, Check] = {
     "enabled": boolean,
     "ttl_s": number(positive=True),
     "max_entries": integer(1),
+    "max_bytes": integer(1024),
     "shared_across_tenants": boolean,
 }
 PRICE: Mapping[str, Check] = {

@@ -7,18 +7,26 @@
     ├── PermissionDeniedError         403 permission_error
     ├── NotFoundError                 404 not_found_error (model_not_found, not_found)
     ├── MethodNotAllowedError         405
+    ├── ConflictError                 409 conflict (a name already taken, a revoked key edited)
     ├── RequestTooLargeError          413 request_too_large
     ├── UnsupportedMediaTypeError     415
-    ├── RateLimitError                429 rate_limited | budget_exceeded | upstream_rate_limited
+    ├── RateLimitError                429 rate_limited | tokens_rate_limited | budget_exceeded
+    │                                     | upstream_rate_limited
     ├── UpstreamError                 502 all_providers_failed | upstream_bad_response
     ├── ServiceUnavailableError       503 provider_not_configured | all_providers_unavailable | draining
+    │                                     | rate_limiter_unavailable
     └── DeadlineExceededError         504 upstream_timeout
 
     ProviderError                     one failed upstream attempt; never shown to a client as is.
                                       The router turns a chain of these into a GatewayError.
+    BackendUnavailableError           a shared store (Redis) did not answer; never shown as is: the
+                                      limiter applies `limits.on_backend_error`, the cache misses.
 
 Foreign errors (aiohttp, JSON decoding) become ProviderError in exactly one place per provider
-(`providers/_http.py`). No message built here ever includes an upstream body, a key or a DSN.
+(`providers/_http.py`); SQLAlchemy errors become ServiceUnavailableError or ConflictError in
+`stores/sql.py`, and redis errors are absorbed (logged, then retried) in `stores/revocations.py`
+and become BackendUnavailableError in `stores/_redis.py` for the limiter and the cache.
+No message built here ever includes an upstream body, a key or a DSN.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from typing import Literal
 
 __all__ = [
     "AuthenticationError",
+    "BackendUnavailableError",
+    "ConflictError",
     "DeadlineExceededError",
     "GatewayError",
     "InvalidRequestError",
@@ -102,6 +112,12 @@ class MethodNotAllowedError(GatewayError):
     default_code = "method_not_allowed"
 
 
+class ConflictError(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class RequestTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -136,6 +152,15 @@ class DeadlineExceededError(GatewayError):
     status = 504
     type = "timeout_error"
     default_code = "upstream_timeout"
+
+
+class BackendUnavailableError(Exception):
+    """A shared store (Redis) failed or timed out; `transient` is False for a reply that says the data
+    itself is wrong (e.g. WRONGTYPE at one key), which is no reason to stop calling the store."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 ProviderErrorKind = Literal[

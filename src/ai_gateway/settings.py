@@ -31,6 +31,7 @@ from ai_gateway import _settings_schema as schema
 from ai_gateway._settings_schema import ConfigProblem, ValueProblem
 
 __all__ = [
+    "AuthSettings",
     "BreakerSettings",
     "CacheSettings",
     "ConfigError",
@@ -51,6 +52,10 @@ __all__ = [
 ProviderType = Literal["openai", "openrouter", "ollama", "anthropic", "fake"]
 _DEFAULT_DATABASE_URL = "sqlite:///./ai-gateway.db"
 _DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+_MIN_HASH_SECRET_CHARS = 32
+_DEFAULT_AUTH_CACHE_TTL_S = 10.0
+_MAX_AUTH_CACHE_TTL_S = 300.0
+_SECRET_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"  # noqa: S105
 
 
 class ConfigError(Exception):
@@ -132,11 +137,17 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
-    """Default rate limits for keys that carry none, and what to do when the shared limiter is down."""
+    """Default rate limits for keys that carry none, and what to do when the shared limiter is down.
+
+    `on_backend_error: local` decides on per-process buckets holding 1/`expected_replicas` of each
+    limit while Redis cannot answer within `backend_timeout_s`.
+    """
 
     on_backend_error: Literal["local", "allow", "deny"] = "local"
     rpm: int | None = None
     tpm: int | None = None
+    expected_replicas: int = 1
+    backend_timeout_s: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +157,22 @@ class CacheSettings:
     enabled: bool = True
     ttl_s: float = 3600.0
     max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024  # the in-process cache's memory bound
     shared_across_tenants: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """API-key hashing and the per-replica cache of successful key lookups.
+
+    `key_hash_secret` (AIGW_KEY_HASH_SECRET) keys the HMAC that keys are stored under; with SQLite and no
+    value, one is generated on first start into a 0600 file next to the database. `cache_ttl_s`
+    (AIGW_AUTH_CACHE_TTL_S) bounds how long a replica trusts a cached key without asking the database;
+    revocations clear the cache at once (Redis when shared), so it only bounds other edits. 0 disables it.
+    """
+
+    key_hash_secret: str | None = field(default=None, repr=False)
+    cache_ttl_s: float = _DEFAULT_AUTH_CACHE_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +200,7 @@ class Settings:
     config_path: str | None = None
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
+    auth: AuthSettings = AuthSettings()
     prices: Mapping[str, PriceOverride] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -251,6 +278,7 @@ def check_config(
     prices = _prices(raw.prices, known, problems)
     database_url = _dsn(env, "AIGW_DATABASE_URL", ("sqlite", "postgresql", "postgres"), problems)
     redis_url = _dsn(env, "AIGW_REDIS_URL", ("redis", "rediss", "unix"), problems)
+    auth = _auth(env, database_url or _DEFAULT_DATABASE_URL, problems)
     if problems:
         return None, problems, []
     settings = Settings(
@@ -265,6 +293,7 @@ def check_config(
         config_path=str(path) if path else None,
         limits=_replace(LimitsSettings(), raw.sections["limits"]),
         cache=_replace(CacheSettings(), raw.sections["cache"]),
+        auth=auth,
         prices=MappingProxyType(prices),
     )
     return settings, [], _warnings(settings, raw, env)
@@ -281,6 +310,10 @@ def describe(settings: Settings) -> list[str]:
         if settings.master_key
         else "auth: no master key; open mode unless keys exist in the database",
         f"database: {schema.redact_url(settings.database_url)}",
+        "key hashing secret: AIGW_KEY_HASH_SECRET"
+        if settings.auth.key_hash_secret
+        else "key hashing secret: generated into a 0600 file next to the SQLite database",
+        f"auth cache: {settings.auth.cache_ttl_s:g} s per replica (AIGW_AUTH_CACHE_TTL_S)",
         f"shared state: {schema.redact_url(settings.redis_url)}"
         if settings.redis_url
         else "shared state: in-process (AIGW_REDIS_URL not set)",
@@ -544,6 +577,47 @@ def _dsn(
             ConfigProblem(var, f"unsupported scheme; expected {', '.join(schemes)}", f"use {example}")
         )
     return value
+
+
+def _auth(env: Mapping[str, str], database_url: str, problems: list[ConfigProblem]) -> AuthSettings:
+    """The hashing secret must be shared by every replica, so a shared (PostgreSQL) database needs it set."""
+    secret = _env(env, "AIGW_KEY_HASH_SECRET")
+    shared = database_url.partition(":")[0].partition("+")[0].lower() in ("postgresql", "postgres")
+    if secret is None and shared:
+        problems.append(
+            ConfigProblem(
+                "AIGW_KEY_HASH_SECRET",
+                "is required when AIGW_DATABASE_URL is PostgreSQL: every replica must hash API keys with "
+                "the same secret, so it cannot be generated per replica",
+                f"set the same value on every replica; {_SECRET_HINT}",
+            )
+        )
+    elif secret is not None and len(secret) < _MIN_HASH_SECRET_CHARS:
+        problems.append(
+            ConfigProblem(
+                "AIGW_KEY_HASH_SECRET",
+                f"is shorter than {_MIN_HASH_SECRET_CHARS} characters",
+                f"use a long random value; {_SECRET_HINT}",
+            )
+        )
+        secret = None
+    ttl = _DEFAULT_AUTH_CACHE_TTL_S
+    text = _env(env, "AIGW_AUTH_CACHE_TTL_S")
+    if text is not None:
+        try:
+            ttl = float(text)
+        except ValueError:
+            ttl = -1.0
+        if not 0 <= ttl <= _MAX_AUTH_CACHE_TTL_S:
+            problems.append(
+                ConfigProblem(
+                    "AIGW_AUTH_CACHE_TTL_S",
+                    f"expected a number of seconds from 0 to {_MAX_AUTH_CACHE_TTL_S:g}",
+                    "set e.g. AIGW_AUTH_CACHE_TTL_S=10 (0 disables the cache)",
+                )
+            )
+            ttl = _DEFAULT_AUTH_CACHE_TTL_S
+    return AuthSettings(key_hash_secret=secret, cache_ttl_s=ttl)
 
 
 def _is_loopback(host: str) -> bool:

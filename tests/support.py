@@ -146,13 +146,36 @@ def gateway_env(extra: Mapping[str, str], tmp: Path) -> dict[str, str]:
     return env
 
 
+def _with_cache_off(tmp: Path, args: list[str], name: str) -> list[str]:
+    """Most tests count upstream calls, so the response cache (on by default) is switched off unless a
+    test asks for it or its own config file has a `cache:` section."""
+    args = list(args)
+    if "--config" in args:
+        i = args.index("--config") + 1
+        text = Path(args[i]).read_text()
+        if "cache:" in text:
+            return args
+        path = tmp / f"{name}-nocache.yaml"
+        path.write_text(text + "\ncache: {enabled: false}\n")
+        args[i] = str(path)
+        return args
+    path = tmp / f"{name}-nocache.yaml"
+    path.write_text("cache: {enabled: false}\n")
+    return [*args, "--config", str(path)]
+
+
 def start_gateway(
-    tmp: Path, env: Mapping[str, str], args: list[str] | None = None, name: str = "gateway"
+    tmp: Path,
+    env: Mapping[str, str],
+    args: list[str] | None = None,
+    name: str = "gateway",
+    cache: bool = False,
 ) -> Proc:
     port = free_port()
     log_path = tmp / f"{name}.log"
+    args = list(args or []) if cache else _with_cache_off(tmp, args or [], name)
     popen = subprocess.Popen(
-        [sys.executable, "-m", "ai_gateway", "serve", "--port", str(port), *(args or [])],
+        [sys.executable, "-m", "ai_gateway", "serve", "--port", str(port), *args],
         env=gateway_env(env, tmp),
         cwd=tmp,
         stdout=log_path.open("ab"),

@@ -157,6 +157,13 @@ def _printable(value: object, what: str) -> str:
     return value
 
 
+def path_text(value: object) -> str:
+    text = _printable(value, "a file path").strip()
+    if not text:
+        raise ValueProblem("must not be empty", "give a file path")
+    return text
+
+
 def header_value(value: object) -> str:
     return _printable(value, "a header value")
 
@@ -342,11 +349,16 @@ CACHE: Mapping[str, Check] = {
     "max_bytes": integer(1024),
     "shared_across_tenants": boolean,
 }
+LEDGER: Mapping[str, Check] = {
+    "spool_path": path_text,
+    "default_max_output_tokens": integer(1, 10_000_000),
+    "drain_timeout_s": number(positive=True),
+}
 PRICE: Mapping[str, Check] = {
     name: number(positive=False) for name in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
 }
 _SECTIONS = {"server": SERVER, "timeouts": TIMEOUTS, "retries": RETRIES, "breaker": BREAKER}
-_SECTIONS |= {"limits": LIMITS, "cache": CACHE}
+_SECTIONS |= {"limits": LIMITS, "cache": CACHE, "ledger": LEDGER}
 _TOP_LEVEL = (*_SECTIONS, "providers", "routes", "prices")
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")

@@ -36,6 +36,7 @@ __all__ = [
     "CacheSettings",
     "ConfigError",
     "ConfigProblem",
+    "LedgerSettings",
     "LimitsSettings",
     "PriceOverride",
     "ProviderSettings",
@@ -162,6 +163,20 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    """Spend accounting: where rows wait while the database is down, and how budgets reserve.
+
+    `spool_path` defaults to `<sqlite db>.ledger-spool.jsonl` (or `./ai-gateway.ledger-spool.jsonl`);
+    `default_max_output_tokens` is the output a budget reservation assumes when a request sets no
+    `max_tokens`; `drain_timeout_s` bounds how long shutdown waits to flush rows.
+    """
+
+    spool_path: str | None = None
+    default_max_output_tokens: int = 4096
+    drain_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     """API-key hashing and the per-replica cache of successful key lookups.
 
@@ -199,6 +214,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     config_path: str | None = None
     limits: LimitsSettings = LimitsSettings()
+    ledger: LedgerSettings = LedgerSettings()
     cache: CacheSettings = CacheSettings()
     auth: AuthSettings = AuthSettings()
     prices: Mapping[str, PriceOverride] = field(default_factory=lambda: MappingProxyType({}))
@@ -292,6 +308,7 @@ def check_config(
         redis_url=redis_url,
         config_path=str(path) if path else None,
         limits=_replace(LimitsSettings(), raw.sections["limits"]),
+        ledger=_replace(LedgerSettings(), raw.sections["ledger"]),
         cache=_replace(CacheSettings(), raw.sections["cache"]),
         auth=auth,
         prices=MappingProxyType(prices),

@@ -8,6 +8,7 @@ Wire reference: https://platform.openai.com/docs/api-reference/chat and openai-p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -367,7 +368,10 @@ def _render_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
-def render_response(resp: ChatResponse, completion_id: str, model: str) -> dict[str, Any]:
+def render_response(
+    resp: ChatResponse, completion_id: str, model: str, cost_usd: float | None = None
+) -> dict[str, Any]:
+    """`cost_usd`, when known, rides in `usage` (CONTRACT §4); SDKs keep unknown usage fields."""
     message: dict[str, Any] = {"role": "assistant", "content": resp.text() or None, "refusal": None}
     if resp.tool_calls:
         message["tool_calls"] = _render_tool_calls(resp.tool_calls)
@@ -381,15 +385,24 @@ def render_response(resp: ChatResponse, completion_id: str, model: str) -> dict[
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": resp.finish_reason}],
         "usage": render_usage(resp.usage or Usage()),
     }
+    if cost_usd is not None:
+        out["usage"]["cost_usd"] = cost_usd
     return out
 
 
 class StreamRenderer:
     """Turns canonical stream events into OpenAI `chat.completion.chunk` SSE frames."""
 
-    __slots__ = ("_head", "_include_usage", "_tool_ids", "_usage")
+    __slots__ = ("_cost", "_head", "_include_usage", "_tool_ids", "_usage")
 
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+    def __init__(
+        self,
+        completion_id: str,
+        model: str,
+        include_usage: bool,
+        cost: Callable[[Usage], float | None] | None = None,
+    ) -> None:
+        self._cost = cost
         created = int(time.time())
         # Every chunk starts with the same fields; pre-encode them once.
         self._head = {
@@ -423,7 +436,12 @@ class StreamRenderer:
             out = self._chunk({}, event.finish_reason)
             usage = event.usage or self._usage
             if self._include_usage:
-                body = {**self._head, "choices": [], "usage": render_usage(usage or Usage())}
+                final = usage or Usage()
+                rendered = render_usage(final)
+                cost = self._cost(final) if self._cost is not None else None
+                if rendered is not None and cost is not None:
+                    rendered["cost_usd"] = cost
+                body = {**self._head, "choices": [], "usage": rendered}
                 out += b"data: " + orjson.dumps(body) + b"\n\n"
             return out + b"data: [DONE]\n\n"
         if isinstance(event, NativeEvent):

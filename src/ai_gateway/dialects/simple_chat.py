@@ -8,7 +8,6 @@ Request: `{"prompt": str}` or `{"messages": [...]}` plus optional `provider`, `m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -64,10 +63,6 @@ def _usage(usage: Usage | None) -> dict[str, int]:
     return {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "total_tokens": u.total_tokens}
 
 
-def _cost(cost: Decimal | None) -> float | None:
-    return float(cost) if cost is not None else None
-
-
 def attempts_json(attempts: Sequence[Any]) -> list[dict[str, Any]]:
     return [
         {
@@ -86,7 +81,7 @@ def render_response(
     request_id: str,
     provider: str,
     model: str,
-    cost: Decimal | None,
+    cost: float | None,
     cached: bool,
     attempts: Sequence[Any],
 ) -> dict[str, Any]:
@@ -97,7 +92,7 @@ def render_response(
         "content": resp.text(),
         "finish_reason": resp.finish_reason,
         "usage": _usage(resp.usage),
-        "cost_usd": _cost(cost),
+        "cost_usd": cost,
         "cached": cached,
         "attempts": attempts_json(attempts),
     }
@@ -108,13 +103,13 @@ def render_delta(text: str) -> bytes:
 
 
 def render_done(
-    usage: Usage | None, cost: Decimal | None, provider: str, model: str, cached: bool, finish_reason: str
+    usage: Usage | None, cost: float | None, provider: str, model: str, cached: bool, finish_reason: str
 ) -> bytes:
     body = {
         "type": "done",
         "finish_reason": finish_reason,
         "usage": _usage(usage),
-        "cost_usd": _cost(cost),
+        "cost_usd": cost,
         "provider": provider,
         "model": model,
         "cached": cached,

@@ -1,67 +1,158 @@
 """The order in which policy applies to a model call, written once.
 
-    (authenticate, scope: web/app.py, before the body is read) -> resolve route -> model/route check
-    -> (limits, budget reserve) -> (cache lookup)
-    -> fallback walk over the targets -> (settle, cache store, ledger)
+    authenticate + scope (web/app.py, before the body is read)
+    -> resolve route -> model/route check against the key's patterns
+    -> rate limits (RPM, TPM reserve)                    429 rate_limited
+    -> cache lookup (a hit is served here, cost 0)
+    -> budget reserve (worst-case cost)                  429 budget_exceeded
+    -> fallback walk over the targets (retries, breakers, deadline)
+    -> finish, on every exit path: settle limits and budget to the real usage and cost, store the
+       answer in the cache, record the one ledger row (policy/accounting.py)
 
-Steps in parentheses arrive with their issues; each handler calls only this module, so the order
-cannot drift between the ingress dialects.
+Each handler calls only this module, so the order cannot drift between the ingress dialects.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 
 from ai_gateway.errors import InvalidRequestError, PermissionDeniedError, ProviderError
+from ai_gateway.policy.accounting import CallContext, Services, budget_scopes, finish
 from ai_gateway.policy.auth import Principal
 from ai_gateway.policy.breaker import BreakerBoard
-from ai_gateway.policy.fallback import Attempt, Fallback, OpenStream
+from ai_gateway.policy.cache import cache_directive, cache_namespace, replay_events
+from ai_gateway.policy.cache_codec import StreamRecorder
+from ai_gateway.policy.fallback import Fallback, OpenStream
+from ai_gateway.policy.limits import scopes_for
+from ai_gateway.policy.pricing import Pricing
 from ai_gateway.policy.routing import Route, Router, Target
 from ai_gateway.policy.tokens import estimate_input_tokens
+from ai_gateway.policy.usage_count import DeliveredCounter
 from ai_gateway.providers import Provider
-from ai_gateway.settings import Settings
-from ai_gateway.types import ChatRequest, ChatResponse
+from ai_gateway.settings import ProviderSettings, Settings
+from ai_gateway.types import ChatRequest, ChatResponse, StreamEvent, Usage
 
 __all__ = ["CallContext", "CallResult", "Pipeline"]
-
-
-@dataclass(slots=True)
-class CallContext:
-    request_id: str
-    deadline: float
-    attempts: list[Attempt] = field(default_factory=list)
-    route: Route | None = None
-    principal: Principal | None = None  # None only for calls made outside the web app (tests, tools)
-
-    @property
-    def upstream_calls(self) -> int:
-        return sum(1 for a in self.attempts if a.status != "skipped")
 
 
 @dataclass(slots=True)
 class CallResult:
     response: ChatResponse
     target: Target
+    cached: bool = False
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
+    def __init__(
+        self, settings: Settings, providers: dict[str, Provider], services: Services | None = None
+    ) -> None:
         self.settings = settings
         self.providers = providers
+        self.services = services or Services(Pricing(settings.prices))
         self.router = Router({n: p.settings for n, p in providers.items()}, settings.routes)
         self.breakers = BreakerBoard(settings.breaker.failure_threshold, settings.breaker.cooldown_s)
         self.fallback = Fallback(providers, self.breakers, settings.retries)
 
-    def new_context(self, request_id: str, principal: Principal | None = None) -> CallContext:
-        loop = asyncio.get_running_loop()
-        return CallContext(request_id, loop.time() + self.settings.server.deadline_s, principal=principal)
+    def new_context(
+        self, request_id: str, principal: Principal | None = None, endpoint: str = "openai_chat"
+    ) -> CallContext:
+        now = asyncio.get_running_loop().time()
+        return CallContext(
+            request_id,
+            now + self.settings.server.deadline_s,
+            now,
+            endpoint=endpoint,
+            principal=principal,
+            pricer=self._quote,
+        )
+
+    def _quote(self, target: Target, usage: Usage) -> int | None:
+        return self.services.pricing.cost(self.providers[target.provider].settings, target.model, usage)[0]
 
     def _route(self, request: ChatRequest, ctx: CallContext) -> Route:
         ctx.route = route = self.router.resolve(request.model)
         if ctx.principal is not None:
             _check_allowed(ctx.principal, route)
         return route
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        return self.providers[name].settings
+
+    async def _admit(self, request: ChatRequest, ctx: CallContext, headers: Mapping[str, str]) -> Route:
+        """Everything before the upstream call; on a cache hit `ctx.hit` is set and nothing else runs."""
+        route = self._route(request, ctx)
+        ctx.stream = request.stream
+        services = self.services
+        ctx.input_estimate = estimate_input_tokens(request)
+        max_output = request.max_tokens or self.settings.ledger.default_max_output_tokens
+        if services.limiter is not None and ctx.principal is not None:
+            limit_scopes = scopes_for(ctx.principal, self.settings.limits)
+            if limit_scopes:
+                ctx.admission = await services.limiter.admit(limit_scopes, ctx.input_estimate + max_output)
+        cache = services.cache
+        if cache is not None:
+            directive = cache_directive(headers.get("cache-control"))
+            tenant = ctx.principal.tenant_id if ctx.principal else None
+            ctx.cache_key = cache.key(cache_namespace(tenant, self.settings.cache), route.name, request)
+            ctx.cache_store = directive.store
+            if directive.lookup:
+                ctx.hit = await cache.get(ctx.cache_key)
+                ctx.cache_state = "hit" if ctx.hit is not None else "miss"
+                if ctx.hit is not None:
+                    return route
+        if services.budgets is not None:
+            money_scopes = budget_scopes(ctx.principal)
+            if money_scopes:
+                worst = self._worst_case(route, ctx.input_estimate, max_output)
+                ctx.reservation = await services.budgets.reserve(money_scopes, worst, ctx.request_id)
+        return route
+
+    def _worst_case(self, route: Route, input_tokens: int, max_output: int) -> int:
+        """The most this request can cost on any target its chain may reach (a fallback may land on
+        the priciest). Targets with no known price add nothing: see README "Budgets"."""
+        worst = 0
+        for target in route.targets:
+            provider = self.providers[target.provider]
+            if provider.settings.not_configured:
+                continue
+            price = self.services.pricing.price(provider.settings, target.model)
+            if price is not None:
+                worst = max(worst, price.worst_case(input_tokens, max_output))
+        return worst
+
+    async def complete(
+        self, request: ChatRequest, ctx: CallContext, headers: Mapping[str, str] | None = None
+    ) -> CallResult:
+        route = await self._admit(request, ctx, headers or {})
+        if ctx.hit is not None:
+            return CallResult(ctx.hit.response, Target(ctx.hit.provider, ctx.hit.model), cached=True)
+        response, target = await self.fallback.complete(route, request, ctx.deadline, ctx.attempts)
+        ctx.target, ctx.usage = target, response.usage
+        cache = self.services.cache
+        if cache is not None and ctx.cache_key is not None and ctx.cache_store:
+            await cache.put(ctx.cache_key, response, target.provider, target.model)
+        return CallResult(response, target)
+
+    async def open_stream(
+        self, request: ChatRequest, ctx: CallContext, headers: Mapping[str, str] | None = None
+    ) -> OpenStream:
+        route = await self._admit(request, ctx, headers or {})
+        if ctx.hit is not None:
+            events = replay_events(ctx.hit.response)
+            target = Target(ctx.hit.provider, ctx.hit.model)
+            return OpenStream(target, events[0], _replay(events[1:]), ctx.attempts)
+        opened = await self.fallback.open_stream(route, request, ctx.deadline, ctx.attempts)
+        ctx.target = opened.target
+        ctx.counter = DeliveredCounter()
+        if self.services.cache is not None and ctx.cache_key is not None and ctx.cache_store:
+            ctx.recorder = StreamRecorder()
+        return opened
+
+    async def finish(self, ctx: CallContext, exc: BaseException | None) -> None:
+        """Settle, store and record; call exactly once per call, on every exit path."""
+        await finish(ctx, self.services, self.provider_settings, exc)
 
     def listing(self, principal: Principal | None) -> list[tuple[str, str]]:
         """`/v1/models` for this caller: only what its key's model patterns allow it to call."""
@@ -75,15 +166,6 @@ class Pipeline:
             for name, owner in entries
             if (_allowed(principal, routes[name]) if name in routes else principal.may_use(name))
         ]
-
-    async def complete(self, request: ChatRequest, ctx: CallContext) -> CallResult:
-        route = self._route(request, ctx)
-        response, target = await self.fallback.complete(route, request, ctx.deadline, ctx.attempts)
-        return CallResult(response, target)
-
-    async def open_stream(self, request: ChatRequest, ctx: CallContext) -> OpenStream:
-        route = self._route(request, ctx)
-        return await self.fallback.open_stream(route, request, ctx.deadline, ctx.attempts)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> tuple[int, str]:
         """The request's input tokens and how they were found: "upstream" when the first configured
@@ -138,3 +220,8 @@ def _check_allowed(principal: Principal, route: Route) -> None:
     raise PermissionDeniedError(
         f"This API key may not use the model '{route.name}'{reach}.", code="model_not_allowed", param="model"
     )
+
+
+async def _replay(events: list[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:
+    for event in events:
+        yield event

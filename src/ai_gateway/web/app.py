@@ -15,7 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.asyncio import Redis
+
 from ai_gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
+from ai_gateway.policy.accounting import Services
 from ai_gateway.policy.auth import (
     PRINCIPAL,
     Authenticator,
@@ -24,15 +27,24 @@ from ai_gateway.policy.auth import (
     require,
     required_scopes,
 )
+from ai_gateway.policy.budgets import Budgets, SeedFn
+from ai_gateway.policy.cache import build_response_cache
+from ai_gateway.policy.ledger import Ledger, LedgerSink, default_spool_path
+from ai_gateway.policy.limits import build_limiter
 from ai_gateway.policy.pipeline import Pipeline
+from ai_gateway.policy.pricing import Pricing
 from ai_gateway.providers import build_providers
 from ai_gateway.providers._http import HttpClient
-from ai_gateway.settings import Settings
+from ai_gateway.settings import ConfigError, ConfigProblem, Settings
+from ai_gateway.stores._redis import connect
+from ai_gateway.stores.budgets_memory import MemoryBudgets
+from ai_gateway.stores.budgets_redis import RedisBudgets
+from ai_gateway.stores.ledger_memory import MemorySink
 from ai_gateway.stores.revocations import RedisRevocations
 from ai_gateway.stores.sql import SqlStore
 from ai_gateway.web._asgi import ClientGone, Message, Receive, Request, Scope, Send, json_bytes
 from ai_gateway.web.admin import REQUEST_ID, create_admin_app
-from ai_gateway.web.calls import OPENAI, SIMPLE, handle_call
+from ai_gateway.web.calls import ACCOUNTED, OPENAI, SIMPLE, handle_call
 from ai_gateway.web.messages import ANTHROPIC, handle_count_tokens, is_messages_path
 
 __all__ = ["GatewayApp", "create_app"]
@@ -44,6 +56,12 @@ _MODELS_TTL_S = 60.0
 _READY_DB_TIMEOUT_S = 2.0
 _ADMIN_PATHS = ("/docs", "/openapi.json")
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
+_SPOOL_SLOTS = 64
+_CALL_PATHS = {
+    "/v1/chat/completions": "openai_chat",
+    "/v1/chat": "simple_chat",
+    "/v1/messages": "anthropic_messages",
+}
 
 
 class _TrackedSend:
@@ -65,8 +83,9 @@ class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.http = HttpClient()
-        self.pipeline = Pipeline(settings, build_providers(settings, self.http))
         self.store, self.auth = _build_auth(settings)
+        self.services, self._redis = _build_services(settings, self.store)
+        self.pipeline = Pipeline(settings, build_providers(settings, self.http), self.services)
         self.admin = create_admin_app(self.store, self.auth)
         self.draining = False
         self._models_at = -_MODELS_TTL_S
@@ -92,14 +111,31 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.auth.start()
+                if self.services.ledger is not None:
+                    await self.services.ledger.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn calls this once in-flight requests are done (or its graceful timeout passed).
                 self.draining = True
+                await self._close_services()
                 await self.http.close()
                 await self.auth.close()
                 await asyncio.to_thread(self.store.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _close_services(self) -> None:
+        services = self.services
+        for closer in (services.limiter, services.cache, services.budgets):
+            if closer is not None:
+                try:
+                    await closer.aclose()
+                except Exception:  # shutting down: log and carry on closing the rest
+                    log.exception("closing %s failed", type(closer).__name__)
+        if services.ledger is not None:
+            await services.ledger.drain(self.settings.ledger.drain_timeout_s)
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         req = Request(scope, receive)
@@ -129,6 +165,8 @@ class GatewayApp:
         except GatewayError as err:
             if not tracked.started:
                 await send_error(send, req.request_id, err, req.path)
+            if req.path in _CALL_PATHS and not scope.get(ACCOUNTED):
+                await self._account_refusal(req, err)
         except Exception:
             log.exception("unhandled error in request %s", req.request_id)
             if not tracked.started:
@@ -136,6 +174,12 @@ class GatewayApp:
                     "The gateway hit an internal error; the request id identifies it in the logs."
                 )
                 await send_error(send, req.request_id, internal, req.path)
+
+    async def _account_refusal(self, req: Request, err: GatewayError) -> None:
+        """A model call refused before its handler ran (no or bad key, wrong scope, wrong method) still
+        leaves its one ledger row."""
+        ctx = self.pipeline.new_context(req.request_id, principal_of(req.scope), _CALL_PATHS[req.path])
+        await self.pipeline.finish(ctx, err)
 
     # --- handlers -----------------------------------------------------------------------------------
     async def _admin(self, req: Request, send: Send) -> None:
@@ -244,6 +288,58 @@ def _build_auth(settings: Settings) -> tuple[SqlStore, Authenticator]:
     auth = Authenticator(store, secret, settings.master_key, ttl_s=settings.auth.cache_ttl_s, feed=feed)
     auth.load()
     return store, auth
+
+
+def _build_services(settings: Settings, store: SqlStore) -> tuple[Services, Redis | None]:
+    """Pricing, limits, cache, budgets and the ledger: in-process, or shared through Redis."""
+    redis = connect(settings.redis_url, settings.limits.backend_timeout_s) if settings.redis_url else None
+    sink, seed = _ledger_backend(settings, store)
+    reservation_ttl = settings.server.deadline_s + 60
+    budgets: Budgets
+    if settings.redis_url:
+        budgets = Budgets(
+            RedisBudgets(connect(settings.redis_url, 0.25), seed=seed, reservation_ttl_s=reservation_ttl),
+            fallback=lambda s: MemoryBudgets(seed=s, reservation_ttl_s=reservation_ttl),
+            seed=seed,
+        )
+    else:
+        budgets = Budgets(MemoryBudgets(seed=seed, reservation_ttl_s=reservation_ttl))
+    services = Services(
+        pricing=Pricing(settings.prices),
+        limiter=build_limiter(settings, redis),
+        cache=build_response_cache(settings, redis),
+        budgets=budgets,
+        ledger=_open_ledger(sink, settings, store),
+    )
+    return services, redis
+
+
+def _open_ledger(sink: LedgerSink, settings: Settings, store: SqlStore) -> Ledger:
+    """A configured spool path is used as is. The default is a numbered slot next to the database: each
+    process (uvicorn worker, or a replica sharing the directory) locks the first free one, and a
+    restarted process takes its old slot back and replays what it left there."""
+    if settings.ledger.spool_path:
+        return Ledger(sink, settings.ledger.spool_path)
+    base = default_spool_path(store.sqlite_file)
+    for slot in range(_SPOOL_SLOTS):
+        path = base if slot == 0 else base.with_name(f"{base.stem}.{slot}{base.suffix}")
+        try:
+            return Ledger(sink, path)
+        except ConfigError:
+            continue  # locked by another live process
+    raise ConfigError(
+        [
+            ConfigProblem(
+                "ledger.spool_path",
+                f"all {_SPOOL_SLOTS} default spool slots are in use",
+                "set ledger.spool_path",
+            )
+        ]
+    )
+
+
+def _ledger_backend(settings: Settings, store: SqlStore) -> tuple[LedgerSink, SeedFn | None]:
+    return MemorySink(), None
 
 
 def create_app(settings: Settings) -> GatewayApp:

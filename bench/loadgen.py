@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 
 import uvloop
 
@@ -35,15 +36,29 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
         chunks += data.count(b"data: ")
 
 
+def _requests(head: str, body: bytes, unique: bool, worker: int) -> Iterator[bytes]:
+    """The same request forever, or (unique) one whose body differs each time: `{n}` in the body is
+    replaced by a per-request counter, so a response cache never hits."""
+    if not unique:
+        fixed = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        while True:
+            yield fixed
+    n = 0
+    while True:
+        n += 1
+        b = body.replace(b"{n}", f"{worker}-{n}".encode())
+        yield (head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b
+
+
 async def _worker(
-    host: str, port: int, request: bytes, until: float, lat: list[float], stats: dict[str, int]
+    host: str, port: int, requests: Iterator[bytes], until: float, lat: list[float], stats: dict[str, int]
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
     try:
         while clock() < until:
             t0 = clock()
-            writer.write(request)
+            writer.write(next(requests))
             status, chunks = await _read_response(reader)
             lat.append(clock() - t0)
             stats["ok" if status == 200 else "errors"] += 1
@@ -53,22 +68,29 @@ async def _worker(
 
 
 async def run(
-    host: str, port: int, path: str, body: bytes, headers: dict[str, str], conns: int, seconds: float
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    conns: int,
+    seconds: float,
+    unique: bool = False,
 ) -> dict[str, float]:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
     lat: list[float] = []
     stats = {"ok": 0, "errors": 0, "events": 0}
     warm = time.perf_counter() + min(1.0, seconds / 5)
+    scratch = {"ok": 0, "errors": 0, "events": 0}
     await asyncio.gather(
-        *(_worker(host, port, request, warm, [], {"ok": 0, "errors": 0, "events": 0}) for _ in range(conns))
+        *(_worker(host, port, _requests(head, body, unique, -i - 1), warm, [], scratch) for i in range(conns))
     )
     start = time.perf_counter()
     until = time.perf_counter() + seconds
-    await asyncio.gather(*(_worker(host, port, request, until, lat, stats) for _ in range(conns)))
+    await asyncio.gather(
+        *(_worker(host, port, _requests(head, body, unique, i), until, lat, stats) for i in range(conns))
+    )
     elapsed = time.perf_counter() - start
     lat.sort()
 
@@ -93,10 +115,20 @@ def main() -> None:
     ap.add_argument("--header", action="append", default=[])
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--unique", action="store_true", help="replace {n} in the body per request")
     args = ap.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     result = uvloop.run(
-        run("127.0.0.1", args.port, args.path, args.body.encode(), headers, args.conns, args.seconds)
+        run(
+            "127.0.0.1",
+            args.port,
+            args.path,
+            args.body.encode(),
+            headers,
+            args.conns,
+            args.seconds,
+            args.unique,
+        )
     )
     print(json.dumps(result))
 

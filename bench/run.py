@@ -1,10 +1,16 @@
-"""`make bench`: the gateway against the bare pass-through floor, side by side in one run.
+"""`make bench`: the gateway with its full policy against the bare pass-through floor, in one run.
 
-Processes: the project's mock upstream and the load generator pinned to core 1, the gateway (and, in
-turn, the bare Starlette+aiohttp proxy in bench/bare_proxy.py) pinned to core 0. Prints one table:
-req/s, latency p50/p99, RSS, and the ratio to the bare floor.
+Processes: the project's mock upstream and the load generator (bench/loadgen.py) pinned to core 1; the
+gateway, and in turn the bare Starlette+aiohttp proxy (bench/bare_proxy.py), pinned to core 0.
 
-Usage: python bench/run.py [--seconds 10] [--conns 32] [--only a,c,e,f]
+Scenarios (issue 7):
+  (a) non-stream, full policy: key auth, RPM+TPM limits, ledger on SQLite, cache on but missing
+  (b) cache hit                (c) streaming, 100 chunks per answer
+  (d) shared mode: Redis limits and cache, PostgreSQL ledger and keys
+  (e) concurrency 1: added latency, gateway vs direct to the upstream
+  (f) cold start to ready      (g) soak: RSS growth after warm-up
+
+Usage: python bench/run.py [--seconds 10] [--conns 32] [--soak-seconds 300] [--only a,b,c,d,e,f,g]
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,10 +29,14 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 GATEWAY_CORE, LOAD_CORE = "0", "1"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+Row = tuple[str, str, str, str, str, str, str]
 
 
 def free_port() -> int:
@@ -40,17 +51,6 @@ def pinned(core: str, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
-def wait_http(url: str, timeout: float = 30) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return time.monotonic() - start
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -58,9 +58,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def child_pid(popen: subprocess.Popen[bytes]) -> int:
-    """The measured process: taskset execs its command, so the PID is the same."""
-    return popen.pid
+def call(url: str, body: Any = None, key: str | None = None, method: str = "POST") -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    if key:
+        req.add_header("authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
 
 
 class Procs:
@@ -78,9 +82,10 @@ class Procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
-                p.wait(10)
+                p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(5)
         if p in self.running:
             self.running.remove(p)
 
@@ -89,40 +94,196 @@ class Procs:
             self.stop(p)
 
 
+def wait_up(url: str, timeout: float = 30) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return time.monotonic() - start
+        except OSError:
+            time.sleep(0.005)
+    raise RuntimeError(f"{url} did not come up")
+
+
 def load(
-    port: int, body: dict[str, object], seconds: float, conns: int, headers: Sequence[str] = ()
+    port: int,
+    body: dict[str, object],
+    seconds: float,
+    conns: int,
+    headers: Sequence[str] = (),
+    unique: bool = False,
 ) -> dict[str, float]:
-    argv = pinned(
-        LOAD_CORE,
-        [
-            PY,
-            str(HERE / "loadgen.py"),
-            "--port",
-            str(port),
-            "--body",
-            json.dumps(body),
-            "--conns",
-            str(conns),
-            "--seconds",
-            str(seconds),
-        ],
-    )
+    argv = [
+        PY,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(port),
+        "--body",
+        json.dumps(body),
+        "--conns",
+        str(conns),
+        "--seconds",
+        str(seconds),
+    ]
     for h in headers:
         argv += ["--header", h]
-    out = subprocess.run(argv, capture_output=True, check=True, text=True).stdout
+    if unique:
+        argv.append("--unique")
+    out = subprocess.run(pinned(LOAD_CORE, argv), capture_output=True, check=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+class Gateway:
+    """A gateway process with a master key, and a tenant key carrying RPM and TPM limits."""
+
+    def __init__(self, procs: Procs, env: dict[str, str], label: str) -> None:
+        self.port = free_port()
+        self.master = "sk-bench-master-" + secrets.token_hex(16)
+        env = {**env, "AIGW_MASTER_KEY": self.master}
+        started = time.monotonic()
+        self.proc = procs.start(
+            pinned(GATEWAY_CORE, [PY, "-m", "ai_gateway", "serve", "--port", str(self.port)]), env=env
+        )
+        self.cold_start_s = wait_up(f"{self.url}/readyz") + (time.monotonic() - started) * 0
+        tenant = call(
+            f"{self.url}/admin/tenants",
+            {"name": f"bench-{label}", "rpm": 100_000_000, "tpm": 1_000_000_000},
+            self.master,
+        )
+        created = call(
+            f"{self.url}/admin/keys",
+            {
+                "name": "bench",
+                "tenant": tenant["id"],
+                "scopes": ["chat"],
+                "rpm": 100_000_000,
+                "tpm": 1_000_000_000,
+            },
+            self.master,
+        )
+        self.key = created["key"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> list[str]:
+        return [f"Authorization: Bearer {self.key}"]
+
+    def rss(self) -> float:
+        return rss_mb(self.proc.pid)
+
+
+def row(
+    name: str,
+    r: dict[str, float],
+    rss: float,
+    target: str,
+    met: bool | None,
+    ratio: str = "",
+    chunks: bool = False,
+) -> Row:
+    rate = f"{r['events_per_s']:.0f} chunks/s" if chunks else f"{r['rps']:.0f}"
+    if r.get("errors"):
+        rate += f" ({r['errors']:.0f} errors)"
+    verdict = "" if met is None else ("met" if met else "MISSED")
+    return (
+        name,
+        rate,
+        f"{r['p50_ms']:.2f}",
+        f"{r['p99_ms']:.2f}",
+        f"{rss:.0f}" if rss == rss else "",
+        ratio,
+        f"{target} {verdict}".strip(),
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    head: Row = ("scenario", "throughput", "p50 ms", "p99 ms", "RSS MB", "vs bare", "target")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def base_env(upstream: str, tmp: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIGW_", "OPENAI_", "ANTHROPIC_", "OPENROUTER_", "OLLAMA_"))
+    }
+    env.update(
+        {
+            "OPENAI_BASE_URL": upstream + "/v1",
+            "OPENAI_API_KEY": "sk-bench",
+            "AIGW_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+            "AIGW_LOG_LEVEL": "warning",
+        }
+    )
+    return env
+
+
+def shared_mode_env(env: dict[str, str]) -> tuple[dict[str, str], str] | None:
+    """Redis DB 14 and a fresh PostgreSQL database; None when either is not reachable here."""
+    try:
+        import psycopg
+        import redis
+    except ImportError:
+        return None
+    name = "aigw_bench_" + secrets.token_hex(4)
+    try:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        print(f"(d) skipped: {exc}", file=sys.stderr)
+        return None
+    return {
+        **env,
+        "AIGW_REDIS_URL": REDIS_URL,
+        "AIGW_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+        "AIGW_KEY_HASH_SECRET": secrets.token_hex(32),
+    }, name
+
+
+def drop_shared(name: str) -> None:
+    import psycopg
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--conns", type=int, default=32)
-    ap.add_argument("--only", default="a,c,e,f")
+    ap.add_argument("--soak-seconds", type=float, default=300)
+    ap.add_argument("--only", default="a,b,c,d,e,f,g")
     args = ap.parse_args()
     only = set(args.only.split(","))
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
-    rows: list[tuple[str, str, str, str, str, str]] = []
+    rows: list[Row] = []
+    secs, conns = args.seconds, args.conns
+    unique_body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello bench {n}"}],
+        "max_tokens": 16,
+    }
+    same_body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello bench"}],
+        "max_tokens": 16,
+    }
+    words = " ".join(f"w{i}" for i in range(99))
+    stream_body = {
+        "model": "openai/gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": words + " {n}"}],
+    }
+    shared_db: str | None = None
     try:
         mock = procs.start(
             pinned(LOAD_CORE, [PY, "-m", "ai_gateway.testing.mock_upstream", "--port", "0"]),
@@ -131,123 +292,140 @@ def main() -> None:
         assert mock.stdout is not None
         mock_port = int(mock.stdout.readline().split()[1])
         upstream = f"http://127.0.0.1:{mock_port}"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AIGW_", "OPENAI_", "ANTHROPIC_", "OPENROUTER_", "OLLAMA_"))
-        }
-        env.update(
-            {
-                "OPENAI_BASE_URL": upstream + "/v1",
-                "OPENAI_API_KEY": "sk-bench",
-                "AIGW_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-                "AIGW_LOG_LEVEL": "warning",
-            }
-        )
-        short = {
-            "model": "openai/gpt-4o-mini",
-            "messages": [{"role": "user", "content": "hello bench"}],
-            "max_tokens": 16,
-        }
-        words = " ".join(f"w{i}" for i in range(100))
-        streamed = {
-            "model": "openai/gpt-4o-mini",
-            "stream": True,
-            "messages": [{"role": "user", "content": words}],
-        }
+        env = base_env(upstream, tmp)
 
         bare_port = free_port()
         bare = procs.start(
             pinned(GATEWAY_CORE, [PY, str(HERE / "bare_proxy.py"), str(bare_port)]),
             env={**env, "BARE_UPSTREAM": upstream + "/v1"},
         )
-        time.sleep(0.5)
-        wait_http_post(bare_port)
-        bare_a = load(bare_port, short, args.seconds, args.conns)
-        rows.append(row("bare pass-through, non-stream", bare_a, rss_mb(child_pid(bare)), None))
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", bare_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        bare_a = load(bare_port, {**unique_body, "model": "gpt-4o-mini"}, secs, conns, unique=True)
+        rows.append(row("bare pass-through, non-stream", bare_a, rss_mb(bare.pid), "", None))
         if "c" in only:
-            bare_c = load(bare_port, {**streamed, "model": "gpt-4o-mini"}, args.seconds, args.conns)
+            bare_c = load(bare_port, {**stream_body, "model": "gpt-4o-mini"}, secs, conns, unique=True)
             rows.append(
-                row(
-                    "bare pass-through, stream 100 chunks", bare_c, rss_mb(child_pid(bare)), None, chunks=True
-                )
+                row("bare pass-through, stream 100 chunks", bare_c, rss_mb(bare.pid), "", None, chunks=True)
             )
         procs.stop(bare)
 
-        gw_port = free_port()
-        started = time.monotonic()
-        gw = procs.start(
-            pinned(GATEWAY_CORE, [PY, "-m", "ai_gateway", "serve", "--port", str(gw_port)]), env=env
-        )
-        cold = wait_http(f"http://127.0.0.1:{gw_port}/healthz") if gw else time.monotonic() - started
+        gw = Gateway(procs, env, "embedded")
         if "a" in only:
-            a = load(gw_port, short, args.seconds, args.conns)
-            rows.append(row("(a) gateway, non-stream", a, rss_mb(child_pid(gw)), bare_a["rps"]))
+            a = load(gw.port, unique_body, secs, conns, gw.auth, unique=True)
+            ratio = a["rps"] / bare_a["rps"]
+            met = a["rps"] >= 3000 and ratio >= 0.65
+            rows.append(
+                row(
+                    "(a) full policy, non-stream, cache miss",
+                    a,
+                    gw.rss(),
+                    ">=3000 & >=0.65x",
+                    met,
+                    f"{ratio:.2f}x",
+                )
+            )
+        if "b" in only:
+            b = load(gw.port, same_body, secs, conns, gw.auth)
+            rows.append(
+                row(
+                    "(b) full policy, cache hit",
+                    b,
+                    gw.rss(),
+                    ">=6000",
+                    b["rps"] >= 6000,
+                    f"{b['rps'] / bare_a['rps']:.2f}x",
+                )
+            )
         if "c" in only:
-            c = load(gw_port, streamed, args.seconds, args.conns)
-            rows.append(row("(c) gateway, stream 100 chunks", c, rss_mb(child_pid(gw)), None, chunks=True))
+            c = load(gw.port, stream_body, secs, conns, gw.auth, unique=True)
+            rows.append(
+                row(
+                    "(c) full policy, stream 100 chunks",
+                    c,
+                    gw.rss(),
+                    ">=40000 chunks/s",
+                    c["events_per_s"] >= 40000,
+                    chunks=True,
+                )
+            )
         if "e" in only:
             direct = load(
                 mock_port,
-                {**short, "model": "gpt-4o-mini"},
-                args.seconds / 2,
+                {**unique_body, "model": "gpt-4o-mini"},
+                secs / 2,
                 1,
                 ["Authorization: Bearer sk-bench"],
+                unique=True,
             )
-            via = load(gw_port, short, args.seconds / 2, 1)
-            rows.append(row("(e) direct to upstream, 1 conn", direct, float("nan"), None))
-            rows.append(row("(e) gateway, 1 conn", via, rss_mb(child_pid(gw)), None))
+            via = load(gw.port, unique_body, secs / 2, 1, gw.auth, unique=True)
+            rows.append(row("(e) direct to upstream, 1 conn", direct, float("nan"), "", None))
+            rows.append(row("(e) gateway, 1 conn", via, gw.rss(), "", None))
+            p50, p99 = via["p50_ms"] - direct["p50_ms"], via["p99_ms"] - direct["p99_ms"]
+            verdict = "met" if p50 <= 0.3 and p99 <= 1.5 else "MISSED"
             rows.append(
                 (
                     "(e) added latency",
                     "",
-                    f"{via['p50_ms'] - direct['p50_ms']:.2f}",
-                    f"{via['p99_ms'] - direct['p99_ms']:.2f}",
+                    f"{p50:.2f}",
+                    f"{p99:.2f}",
                     "",
                     "",
+                    f"p50<=0.3 & p99<=1.5 {verdict}",
                 )
             )
         if "f" in only:
-            rows.append(("(f) cold start to ready (s)", f"{cold:.2f}", "", "", "", ""))
-        procs.stop(gw)
+            verdict = "met" if gw.cold_start_s <= 1.5 else "MISSED"
+            rows.append(
+                ("(f) cold start to ready", f"{gw.cold_start_s:.2f} s", "", "", "", "", f"<=1.5 s {verdict}")
+            )
+        if "g" in only:
+            warm = load(gw.port, unique_body, min(30.0, args.soak_seconds / 5), 16, gw.auth, unique=True)
+            rss_warm = gw.rss()
+            soak = load(gw.port, unique_body, args.soak_seconds, 16, gw.auth, unique=True)
+            rss_end = gw.rss()
+            growth = (rss_end - rss_warm) / rss_warm
+            met = rss_end <= 120 and growth <= 0.10
+            rows.append(
+                row(
+                    f"(g) soak {args.soak_seconds:.0f} s, 16 conns",
+                    soak,
+                    rss_end,
+                    "RSS<=120MB & growth<=10%",
+                    met,
+                    f"+{growth * 100:.1f}% RSS",
+                )
+            )
+            del warm
+        procs.stop(gw.proc)
+
+        if "d" in only:
+            shared = shared_mode_env(env)
+            if shared is not None:
+                shared_env, shared_db = shared
+                gd = Gateway(procs, shared_env, "shared")
+                d = load(gd.port, unique_body, secs, conns, gd.auth, unique=True)
+                rows.append(
+                    row(
+                        "(d) shared mode (Redis + PostgreSQL)",
+                        d,
+                        gd.rss(),
+                        ">=2000",
+                        d["rps"] >= 2000,
+                        f"{d['rps'] / bare_a['rps']:.2f}x",
+                    )
+                )
+                procs.stop(gd.proc)
     finally:
         procs.stop_all()
+        if shared_db:
+            drop_shared(shared_db)
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(rows)
-
-
-def wait_http_post(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("bare proxy did not start")
-
-
-def row(
-    name: str, r: dict[str, float], rss: float, floor: float | None, chunks: bool = False
-) -> tuple[str, str, str, str, str, str]:
-    rate = f"{r['events_per_s']:.0f} chunks/s" if chunks else f"{r['rps']:.0f}"
-    ratio = f"{r['rps'] / floor:.2f}x" if floor else ""
-    errors = f" ({r['errors']:.0f} errors)" if r["errors"] else ""
-    return (
-        name,
-        rate + errors,
-        f"{r['p50_ms']:.2f}",
-        f"{r['p99_ms']:.2f}",
-        f"{rss:.0f}" if rss == rss else "",
-        ratio,
-    )
-
-
-def print_table(rows: list[tuple[str, str, str, str, str, str]]) -> None:
-    head = ("scenario", "req/s", "p50 ms", "p99 ms", "RSS MB", "vs bare")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(6)]
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -99,9 +100,15 @@ def _well_formed(token: str) -> bool:
 
 def matches(patterns: tuple[str, ...] | None, name: str) -> bool:
     """fnmatch-style, case-sensitive (`ollama/*`); None allows everything."""
-    return patterns is None or any(fnmatchcase(name, p) for p in patterns)
+    return patterns is None or _matches(patterns, name)
 
 
+@functools.lru_cache(maxsize=4096)  # on every call: fnmatch translates patterns to regexes each time
+def _matches(patterns: tuple[str, ...], name: str) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+@functools.lru_cache(maxsize=512)  # pure; paths are client-chosen, so the memo is bounded
 def required_scopes(path: str) -> tuple[str, ...]:
     """The scopes that open `path` (see ENDPOINT_SCOPES). Case and repeated slashes are folded first,
     so `/ADMIN/keys` or `//admin` can never dodge the admin check (they then 404 as unknown paths)."""
@@ -129,6 +136,7 @@ class Principal:
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
     expires_at: datetime | None = None
+    cache: bool = True  # the key's switch for the response cache (the master key and open mode: on)
 
     def has_scope(self, accepted: Iterable[str]) -> bool:
         return "admin" in self.scopes or any(s in self.scopes for s in accepted)
@@ -159,6 +167,7 @@ def _principal(key: ApiKey, tenant: Tenant) -> Principal:
         key_limits=key.limits,
         tenant_limits=tenant.limits,
         expires_at=key.expires_at,
+        cache=key.cache,
     )
 
 

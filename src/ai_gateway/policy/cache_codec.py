@@ -72,16 +72,29 @@ class CacheHit:
 def canonical_request(request: ChatRequest) -> dict[str, Any]:
     """Every answer-changing field, as plain JSON values; dataclasses tagged with their type."""
     return {
-        f.name: _plain(getattr(request, f.name))
-        for f in dataclasses.fields(request)
-        if f.name not in _NOT_IN_KEY
+        name: _plain(getattr(request, name)) for name in _field_names(ChatRequest) if name not in _NOT_IN_KEY
     }
 
 
+# Field names per dataclass, looked up once: `dataclasses.fields()` on every request showed in profiles.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _plain(value: object) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"@": type(value).__name__, **fields}
+        cls = type(value)
+        fields = {name: _plain(getattr(value, name)) for name in _field_names(cls)}
+        return {"@": cls.__name__, **fields}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

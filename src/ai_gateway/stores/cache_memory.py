@@ -14,6 +14,7 @@ from collections.abc import Callable
 __all__ = ["ENTRY_OVERHEAD", "MemoryCache"]
 
 ENTRY_OVERHEAD = 200  # bytes: the OrderedDict node, the tuple and the key object, roughly
+_SWEEP_INTERVAL_S = 1.0
 
 
 class MemoryCache:
@@ -28,6 +29,7 @@ class MemoryCache:
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # key -> (expires, value)
         self.size = 0  # bytes charged, as defined above
+        self._swept_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -62,9 +64,13 @@ class MemoryCache:
         self.size -= _cost(key, value)
 
     def _evict(self) -> None:
+        # Sweeping expired entries is a full scan: at most once a second, or a full cache would pay it
+        # on every put (O(entries) per request). In between, the least recently used go first.
         now = self._clock()
-        for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:
-            self._drop(key)
+        if now - self._swept_at >= _SWEEP_INTERVAL_S:
+            self._swept_at = now
+            for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:
+                self._drop(key)
         while self.size > self.max_bytes or len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
 

@@ -249,6 +249,9 @@ def test_openapi_document_lists_the_admin_routes(gw: Proc) -> None:
         "/admin/tenants/{tenant_id}",
         "/admin/keys",
         "/admin/keys/{key_id}",
+        "/admin/usage",
+        "/admin/usage.csv",
+        "/admin/requests",
     }
     assert set(doc["paths"]["/admin/keys/{key_id}"]) == {"get", "patch", "delete"}
     assert "400" in doc["paths"]["/admin/keys"]["post"]["responses"]

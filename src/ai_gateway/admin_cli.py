@@ -1,4 +1,4 @@
-"""`ai-gateway tenants|keys ...` talk HTTP to a running gateway's admin API; `ai-gateway db upgrade`
+"""`ai-gateway tenants|keys|usage ...` talk HTTP to a running gateway's admin API; `ai-gateway db upgrade`
 migrates the database named by AIGW_DATABASE_URL directly.
 
 The admin commands send AIGW_MASTER_KEY (the master key, or any key with the `admin` scope) to `--url`,
@@ -17,14 +17,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
-COMMANDS = frozenset({"tenants", "keys", "db"})
+COMMANDS = frozenset({"tenants", "keys", "db", "usage"})
 _DEFAULT_URL = "http://127.0.0.1:8000"
 _TIMEOUT_S = 15.0
 _PAGE = 100  # rows per request when listing; the commands follow the cursor to the end
+# stores.reports.GROUPS, repeated so these commands need not import SQLAlchemy (a test keeps them equal).
+USAGE_GROUPS = ("tenant", "key", "model", "provider", "day")
 
 
 class _Failed(Exception):
@@ -47,7 +50,7 @@ def _limits(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add the `tenants`, `keys` and `db` sub-commands to the main parser's subparsers."""
+    """Add the `tenants`, `keys`, `usage` and `db` sub-commands to the main parser's subparsers."""
     tenants = sub.add_parser("tenants", help="manage tenants (client businesses) of a running gateway")
     tsub = tenants.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="create a tenant")
@@ -66,6 +69,11 @@ def add_commands(sub: Any) -> None:
     )
     create.add_argument("--models", help="comma-separated allowed model/route patterns, e.g. 'ollama/*'")
     create.add_argument("--expires-at", help="ISO 8601 time, e.g. 2026-12-31T23:59:59Z")
+    create.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="the response cache neither serves nor stores this key's calls",
+    )
     _limits(create)
     _common(create)
     listing = ksub.add_parser("list", help="list keys (prefix and last 4 characters only)")
@@ -74,6 +82,17 @@ def add_commands(sub: Any) -> None:
     revoke = ksub.add_parser("revoke", help="revoke a key at once, on every replica")
     revoke.add_argument("id")
     _common(revoke)
+
+    usage = sub.add_parser("usage", help="requests, tokens and spend from a running gateway's ledger")
+    usage.add_argument("--group-by", choices=USAGE_GROUPS, default="model", help="default: model")
+    usage.add_argument("--since", help="ISO 8601 date or time, UTC unless an offset is given (inclusive)")
+    usage.add_argument("--until", help="exclusive; a bare date includes that whole day")
+    usage.add_argument("--tenant", help="only this tenant (id or name)")
+    usage.add_argument("--key", help="only this key (id)")
+    usage.add_argument("--url", default=_DEFAULT_URL, help=f"the gateway (default {_DEFAULT_URL})")
+    output = usage.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the API's JSON (exact decimals)")
+    output.add_argument("--csv", action="store_true", help="print CSV with a header row")
 
     db = sub.add_parser("db", help="database tools")
     dsub = db.add_subparsers(dest="action", required=True)
@@ -88,6 +107,9 @@ class _Api:
             raise _Failed(f"invalid --url {url!r}; expected e.g. {_DEFAULT_URL}", 2)
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
+        return json.loads(self.fetch(method, path, body, query) or b"null")
+
+    def fetch(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> bytes:
         url = self._url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"accept": "application/json"}
         if self._key:
@@ -99,7 +121,7 @@ class _Api:
             # The scheme was checked in __init__: only http(s) reaches urlopen.
             req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
             with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:  # noqa: S310
-                return json.loads(resp.read() or b"null")
+                return bytes(resp.read())
         except urllib.error.HTTPError as err:
             raise self._refused(err.code, err.read()) from None
         except (urllib.error.URLError, OSError) as err:
@@ -213,6 +235,8 @@ def _keys(args: argparse.Namespace, out: Callable[[str], None]) -> None:
             body["models"] = _csv(args.models)
         if args.expires_at is not None:
             body["expires_at"] = args.expires_at
+        if args.no_cache:
+            body["cache"] = False
         row = api.call("POST", "/admin/keys", {**body, **_limit_fields(args)})
         if args.json:
             out(json.dumps(row, indent=2))
@@ -233,6 +257,58 @@ def _keys(args: argparse.Namespace, out: Callable[[str], None]) -> None:
             if args.json
             else f"revoked {row['id']} ({row['display']}) at {row['revoked_at']}"
         )
+
+
+def _usd(nanos: int) -> str:
+    # From the integer nano-dollars, not the JSON number: a float could print 0.30000000000000004.
+    text = format(Decimal(nanos).scaleb(-9), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+_USAGE_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("REQUESTS", lambda r: r["requests"]),
+    ("INPUT", lambda r: r["input_tokens"]),
+    ("OUTPUT", lambda r: r["output_tokens"]),
+    ("CACHED", lambda r: r["cached_tokens"]),
+    ("COST_USD", lambda r: _usd(r["cost_nanos"]) + ("+?" if r["cost_unknown_requests"] else "")),
+    ("CACHE_HITS", lambda r: r["cache_hits"]),
+    ("ERRORS", lambda r: r["errors"]),
+)
+_GROUP_COLUMNS: dict[str, tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]] = {
+    "tenant": (("TENANT", lambda r: r.get("tenant") or r.get("tenant_id")),),
+    "key": (("KEY", lambda r: r.get("key") or r.get("key_id")), ("KEY_ID", lambda r: r.get("key_id"))),
+    "model": (("PROVIDER", lambda r: r.get("provider")), ("MODEL", lambda r: r.get("model"))),
+    "provider": (("PROVIDER", lambda r: r.get("provider")),),
+    "day": (("DAY", lambda r: r.get("day")),),
+}
+
+
+def _usage(args: argparse.Namespace, out: Callable[[str], None]) -> None:
+    query = {
+        name: value
+        for name in ("since", "until", "tenant", "key")
+        if (value := getattr(args, name)) is not None
+    }
+    query["group_by"] = args.group_by
+    api = _Api(args.url)
+    if args.csv:
+        out(api.fetch("GET", "/admin/usage.csv", query=query).decode().rstrip("\r\n"))
+        return
+    raw = api.fetch("GET", "/admin/usage", query=query)
+    if args.json:
+        out(raw.decode())
+        return
+    report = json.loads(raw)
+    groups = [
+        # The last row is the total: "TOTAL" under the first group column, blank under the others.
+        (header, lambda r, get=get, first=(i == 0): ("TOTAL" if first else "") if "_total" in r else get(r))
+        for i, (header, get) in enumerate(_GROUP_COLUMNS[args.group_by])
+    ]
+    out(_table([*report["rows"], {**report["total"], "_total": True}], [*groups, *_USAGE_COLUMNS]))
+    if report["total"]["cost_unknown_requests"]:
+        out(f"+? {report['total']['cost_unknown_requests']} requests had no known price: not in COST_USD")
+    if report["truncated"]:
+        out("(more than 10,000 groups: only the first are listed; TOTAL covers all)")
 
 
 def _db_upgrade(out: Callable[[str], None]) -> None:
@@ -260,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
             _tenants(args, print)
         elif args.command == "keys":
             _keys(args, print)
+        elif args.command == "usage":
+            _usage(args, print)
         else:
             _db_upgrade(print)
     except _Failed as exc:

@@ -24,8 +24,10 @@
 
 Foreign errors (aiohttp, JSON decoding) become ProviderError in exactly one place per provider
 (`providers/_http.py`); SQLAlchemy errors become ServiceUnavailableError or ConflictError in
-`stores/sql.py`, and redis errors are absorbed (logged, then retried) in `stores/revocations.py`
-and become BackendUnavailableError in `stores/_redis.py` for the limiter and the cache.
+`stores/sql.py` (keys, tenants), and ServiceUnavailableError or `RowRefusedError` (a ValueError: the
+database refused a value) in `stores/_ledger_db.py` (the ledger and its reports); redis errors are
+absorbed (logged, then retried) in `stores/revocations.py` and become BackendUnavailableError in
+`stores/_redis.py` for the limiter and the cache.
 No message built here ever includes an upstream body, a key or a DSN.
 """
 

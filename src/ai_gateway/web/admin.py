@@ -1,4 +1,5 @@
-"""The admin API (CONTRACT §5): tenants and keys, with the OpenAPI document at `/docs`, `/openapi.json`.
+"""The admin API (CONTRACT §5): tenants and keys, with the OpenAPI document at `/docs`, `/openapi.json`;
+the usage reports are in web/admin_usage.py.
 
 FastAPI, unlike the hot path: admin traffic is rare and its request models double as the published
 schema. The caller has already been authenticated with the `admin` scope by `web/app.py` before any of
@@ -21,13 +22,15 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from starlette.exceptions import HTTPException
 
 from ai_gateway import __version__
 from ai_gateway.errors import GatewayError, InvalidRequestError, MethodNotAllowedError, NotFoundError
 from ai_gateway.policy.auth import KEY_PREFIX, Authenticator, generate_key
+from ai_gateway.stores.reports import Reports
 from ai_gateway.stores.sql import ApiKey, KeySpec, Limits, SqlStore, Tenant
+from ai_gateway.web.admin_usage import add_usage_routes
 
 __all__ = ["REQUEST_ID", "create_admin_app"]
 
@@ -85,6 +88,7 @@ class KeyPatch(_Input):
     scopes: Annotated[list[Scope], Field(min_length=1)] | None = None
     models: Annotated[list[Pattern], Field(min_length=1, max_length=100)] | None = None
     expires_at: datetime | None = None
+    cache: StrictBool | None = Field(None, description="false: the response cache neither serves nor stores")
 
     @model_validator(mode="after")
     def _future_expiry(self) -> Any:
@@ -99,6 +103,7 @@ class KeyIn(KeyPatch):
     tenant: Annotated[str, Field(min_length=1, max_length=64, description="tenant id or name")]
     name: KeyName
     scopes: Annotated[list[Scope], Field(min_length=1)] = Field(default_factory=_default_scopes)
+    cache: StrictBool = True
 
     @model_validator(mode="after")
     def _valid(self) -> Any:
@@ -135,6 +140,7 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     created_at: datetime
     revoked_at: datetime | None
+    cache: bool = Field(description="whether the response cache serves and stores this key's calls")
 
 
 class KeyCreated(KeyOut):
@@ -222,6 +228,7 @@ def _key_fields(k: ApiKey) -> dict[str, Any]:
         "expires_at": k.expires_at,
         "created_at": k.created_at,
         "revoked_at": k.revoked_at,
+        "cache": k.cache,
     }
 
 
@@ -251,11 +258,11 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
     return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
 
 
-def create_admin_app(store: SqlStore, auth: Authenticator) -> FastAPI:
+def create_admin_app(store: SqlStore, auth: Authenticator, reports: Reports) -> FastAPI:
     app = FastAPI(
         title="AI Gateway admin API",
         version=__version__,
-        description="Tenants and API keys. Every route needs a key with the `admin` scope.",
+        description="Tenants, API keys and usage reports. Every route needs a key with the `admin` scope.",
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
@@ -328,6 +335,7 @@ def create_admin_app(store: SqlStore, auth: Authenticator) -> FastAPI:
             models=None if body.models is None else tuple(dict.fromkeys(body.models)),
             limits=body.limits(),
             expires_at=body.expires_at,
+            cache=body.cache,
         )
         key = await asyncio.to_thread(store.create_key, spec)
         await auth.key_changed(key.id)  # ends open mode, here and on the other replicas
@@ -354,7 +362,7 @@ def create_admin_app(store: SqlStore, auth: Authenticator) -> FastAPI:
         for field in ("scopes", "models"):
             if changes.get(field) is not None:
                 changes[field] = list(dict.fromkeys(changes[field]))
-        for field in ("name", "scopes"):
+        for field in ("name", "scopes", "cache"):
             if field in changes and changes[field] is None:
                 raise InvalidRequestError(f"{field} cannot be null.", param=field)
         budget = changes.get("budget_usd", current.limits.budget_usd)
@@ -371,4 +379,5 @@ def create_admin_app(store: SqlStore, auth: Authenticator) -> FastAPI:
         log.info("revoked key %s (%s)", key.id, key.display)
         return KeyOut(**_key_fields(key))
 
+    add_usage_routes(app, reports, _ERRORS)
     return app

@@ -1,20 +1,29 @@
 """The `ai-gateway` command: `serve`, `config check`, and the admin commands of `admin_cli`
-(`tenants create|list`, `keys create|list|revoke`, `db upgrade`)."""
+(`tenants create|list`, `keys create|list|revoke`, `usage`, `db upgrade`)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ai_gateway import admin_cli
 from ai_gateway.settings import ConfigError, Settings, check_config, describe, load_settings
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from ai_gateway.web.app import GatewayApp
+
+__all__ = ["app_from_env", "main"]
 
 log = logging.getLogger("ai_gateway")
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_MAX_WORKERS = 64
 
 
 def _is_loopback(host: str) -> bool:
@@ -43,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="in open mode (no master key, no key in the database), allow binding a non-loopback address",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (default 1); several share limits and cache only through AIGW_REDIS_URL",
+    )
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -53,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if not 1 <= args.workers <= _MAX_WORKERS:
+        print(f"--workers must be from 1 to {_MAX_WORKERS}, got {args.workers}", file=sys.stderr)
+        return 2
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -66,9 +84,42 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         print("Run `ai-gateway config check` for details.", file=sys.stderr)
         return 2
-    level = settings.server.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _run(settings)
+    logging.basicConfig(level=settings.server.log_level.upper(), format=_LOG_FORMAT)
+    if args.workers > 1:
+        _export_overrides(overrides)
+    return _run(settings, args.workers)
+
+
+def _export_overrides(overrides: dict[str, Any]) -> None:
+    """Hand the command-line flags to worker processes, which load their settings from the environment
+    (`app_from_env`): a flag beats the environment, so it simply takes the variable's place."""
+    names = {
+        "host": "AIGW_HOST",
+        "port": "AIGW_PORT",
+        "allow_open": "AIGW_ALLOW_OPEN",
+        "log_level": "AIGW_LOG_LEVEL",
+        "config": "AIGW_CONFIG",
+    }
+    for key, var in names.items():
+        value = overrides[key]
+        if value is None:
+            continue
+        if key == "config":
+            value = Path(value).resolve()  # a worker's working directory is the same; be explicit anyway
+        os.environ[var] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def app_from_env() -> GatewayApp:
+    """The app of one worker of `serve --workers N` (uvicorn's factory, `ai_gateway.cli:app_from_env`).
+
+    A worker is a fresh interpreter: nothing of the parent's state or logging set-up reaches it, so it
+    loads the settings the way `serve` did (the parent exported its flags, `_export_overrides`) and
+    sets up logging again."""
+    from ai_gateway.web.app import create_app
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.server.log_level.upper(), format=_LOG_FORMAT)
+    return create_app(settings)
 
 
 def _open_mode_allowed(settings: Settings, open_mode: bool) -> bool:
@@ -93,37 +144,49 @@ def _open_mode_allowed(settings: Settings, open_mode: bool) -> bool:
     return True
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, workers: int = 1) -> int:
     import uvicorn
 
     from ai_gateway.errors import GatewayError
-    from ai_gateway.web.app import create_app
+    from ai_gateway.policy.limits import startup_warning
+    from ai_gateway.web.app import create_app, preflight
 
     for name, provider in settings.providers.items():
         if provider.not_configured:
             log.info("provider %s not configured: %s", name, provider.not_configured)
+    warning = startup_warning(workers, settings.redis_url)
+    if warning:
+        log.warning(warning)
+    options: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "proxy_headers": False,  # client addresses come from the socket; X-Forwarded-* is not trusted
+        "log_level": settings.server.log_level.lower(),
+        "timeout_graceful_shutdown": 25,
+    }
     try:
-        app = create_app(settings)
+        # Several workers: each builds its own app from the environment, so this process only checks
+        # what must hold before any of them starts. One worker: the app is built and served right here.
+        app = None if workers > 1 else create_app(settings)
+        open_mode = preflight(settings) if app is None else app.auth.open_mode
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     except GatewayError as exc:  # the database is unreachable: the message names no DSN
         print(f"cannot start: {exc.message} (AIGW_DATABASE_URL)", file=sys.stderr)
         return 2
-    if not _open_mode_allowed(settings, app.auth.open_mode):
-        app.store.close()
+    if not _open_mode_allowed(settings, open_mode):
+        if app is not None:
+            app.store.close()
         return 2
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.server.log_level.lower(),
-        timeout_graceful_shutdown=25,
-    )
+    if app is None:
+        uvicorn.run("ai_gateway.cli:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(app, **options)
     return 0
 
 

@@ -148,7 +148,7 @@ class LimitsSettings:
     rpm: int | None = None
     tpm: int | None = None
     expected_replicas: int = 1
-    backend_timeout_s: float = 0.05
+    backend_timeout_s: float = 0.25  # why not 50 ms: stores/_redis.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,8 +311,9 @@ def test_replay_has_the_shape_of_a_provider_stream() -> None:
     )
     events = replay_events(response)
     assert events[0] == StreamStart("r1", "gpt-x")
-    assert events[1:3] == [TextDelta("Two"), TextDelta(" words")]
-    assert events[3] == ToolCallDelta(0, id="c1", name="lookup")
+    assert events[1] == UsageEvent(Usage(input_tokens=5))  # the prompt's side, early, as Anthropic does
+    assert events[2:4] == [TextDelta("Two"), TextDelta(" words")]
+    assert events[4] == ToolCallDelta(0, id="c1", name="lookup")
     fragments = [e for e in events if isinstance(e, ToolCallDelta) and e.id is None]
     assert len(fragments) > 1 and "".join(f.arguments for f in fragments) == response.tool_calls[0].arguments
     assert events[-2:] == [UsageEvent(response.usage), StreamEnd("tool_calls", response.usage)]  # type: ignore[arg-type]

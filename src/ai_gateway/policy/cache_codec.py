@@ -2,10 +2,11 @@
 and the two ways an answer moves between its whole and its streamed shape.
 
 `replay_events` turns a stored answer into the events a provider would have streamed: StreamStart,
-text in word-sized deltas, each tool call as a head (id, name) then argument fragments, native blocks
-as start/delta/stop, UsageEvent, StreamEnd; so every dialect's stream renderer emits a replay exactly as
-it emits a live answer. `StreamRecorder` does the reverse for a live stream, so a streamed answer can
-be stored too; it yields nothing for a stream that did not end cleanly.
+the prompt's usage, text in word-sized deltas, each tool call as a head (id, name) then argument
+fragments, native blocks as start/delta/stop, the full UsageEvent, StreamEnd; so every dialect's stream
+renderer emits a replay exactly as it emits a live answer. `StreamRecorder` does the reverse for a
+live stream, so a streamed answer can be stored too; it yields nothing for a stream that did not end
+cleanly.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def _json_default(value: object) -> str:
 def replay_events(response: ChatResponse) -> list[StreamEvent]:
     """The stream a provider would have sent for `response`."""
     events: list[StreamEvent] = [StreamStart(response.id, response.model)]
+    if response.usage is not None:
+        # The prompt's side of the usage is known before any text, and Anthropic reports it then (in
+        # `message_start`): so does a replay. The answer's side follows at the end, as live.
+        prompt_side = dataclasses.replace(response.usage, output_tokens=0, reasoning_tokens=0, cost_usd=None)
+        events.append(UsageEvent(prompt_side))
     for part in response.content:
         if isinstance(part, TextPart):
             events += (TextDelta(chunk) for chunk in _text_chunks(part.text))

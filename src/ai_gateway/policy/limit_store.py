@@ -5,11 +5,12 @@
 - `allow`: admit without limits (Envoy's and Kong's default), and say so in `failure_mode_allowed`;
 - `deny`: refuse with 503 `rate_limiter_unavailable` and a Retry-After.
 
-A failed or slow Redis costs one timeout (50 ms) per request only until a breaker opens: after 3
-consecutive failures Redis is left alone for 5 s, then one request probes it (research/reliability.md
-D1, K13; policy/_guard.py). A reply that rejects one key (WRONGTYPE) takes the same failure path for
-that request but does not open the breaker, since Redis itself is fine. Outages are logged when they
-start and when they end, not per request; the counters in `LimiterStats` say how many they touched.
+A failed or slow Redis costs one timeout (`limits.backend_timeout_s`) per request only until a breaker
+opens: after 3 consecutive failures Redis is left alone for 5 s, then one request probes it
+(research/reliability.md D1, K13; policy/_guard.py). A reply that rejects one key (WRONGTYPE) takes the
+same failure path for that request but does not open the breaker, since Redis itself is fine. Outages
+are logged when they start and when they end, not per request; the counters in `LimiterStats` say how
+many they touched.
 """
 
 from __future__ import annotations

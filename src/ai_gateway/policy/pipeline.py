@@ -92,7 +92,8 @@ class Pipeline:
             if limit_scopes:
                 ctx.admission = await services.limiter.admit(limit_scopes, ctx.input_estimate + max_output)
         cache = services.cache
-        if cache is not None:
+        # A key switched off for the cache neither reads nor writes it: `x-aigw-cache: bypass`.
+        if cache is not None and (ctx.principal is None or ctx.principal.cache):
             directive = cache_directive(headers.get("cache-control"))
             tenant = ctx.principal.tenant_id if ctx.principal else None
             ctx.cache_key = cache.key(cache_namespace(tenant, self.settings.cache), route.name, request)

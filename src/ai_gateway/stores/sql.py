@@ -24,6 +24,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     event,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -66,7 +68,7 @@ BudgetPeriod = Literal["day", "month", "total"]
 T = TypeVar("T")
 _MICRO = Decimal(1_000_000)
 _KEY_FIELDS = frozenset(
-    {"name", "scopes", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at"}
+    {"name", "scopes", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "cache"}
 )
 
 _metadata = MetaData()
@@ -105,6 +107,7 @@ _keys = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("cache", Boolean, nullable=False, server_default=true()),  # migration 0003
 )
 
 
@@ -141,6 +144,7 @@ class ApiKey:
     expires_at: datetime | None
     created_at: datetime
     revoked_at: datetime | None
+    cache: bool = True  # whether the response cache serves and stores this key's calls
 
     @property
     def display(self) -> str:
@@ -160,6 +164,7 @@ class KeySpec:
     models: tuple[str, ...] | None
     limits: Limits
     expires_at: datetime | None
+    cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +248,7 @@ def _key(row: Row[Any]) -> ApiKey:
         expires_at=_utc(row.expires_at),
         created_at=created,
         revoked_at=_utc(row.revoked_at),
+        cache=bool(row.cache),
     )
 
 
@@ -369,6 +375,7 @@ class SqlStore:
             "scopes": " ".join(spec.scopes),
             "models": None if spec.models is None else json.dumps(list(spec.models)),
             "expires_at": spec.expires_at,
+            "cache": spec.cache,
             "created_at": _now(),
             **_limit_columns(spec.limits),
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,12 @@ class UpstreamResponse:
         return min(asyncio.get_running_loop().time() + self._timeouts.idle, self._deadline)
 
     async def read(self) -> bytes:
+        declared = self._resp.content_length
+        if declared is not None and declared <= MAX_BODY_BYTES:
+            # The common case: a sized body within the cap, read in one call (aiohttp's fast path).
+            with _mapped(self._label, "reading the response body"):
+                async with asyncio.timeout_at(self._read_deadline()):
+                    return await self._resp.read()
         with _mapped(self._label, "reading the response body"):
             async with asyncio.timeout_at(self._read_deadline()):
                 chunks: list[bytes] = []
@@ -203,7 +210,7 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         body = orjson.dumps(payload)
         hdrs = {"Content-Type": "application/json", **headers}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=None)
+        timeout = _client_timeout(timeouts.connect)
         with _mapped(label, "waiting for the first byte"):
             if loop.time() >= deadline:
                 raise ProviderError("timeout", f"{label}: deadline passed before the call")
@@ -226,6 +233,12 @@ class HttpClient:
             up.release()
             raise ProviderError("status", f"{label}: HTTP {up.status} listing models", status=up.status)
         return await up.json()
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect_s: float) -> aiohttp.ClientTimeout:
+    """aiohttp's own clock covers only the connect; the others are ours (asyncio.timeout_at)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=None)
 
 
 def error_message_from(body: bytes) -> str | None:

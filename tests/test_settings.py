@@ -566,7 +566,7 @@ def test_limiter_and_cache_tuning(tmp_path: Path) -> None:
     assert (s.limits.expected_replicas, s.limits.backend_timeout_s, s.limits.tpm) == (3, 0.1, 100_000)
     assert s.cache.max_bytes == 1_048_576
     defaults = load_settings(env={}, config_path=write(tmp_path, "", "empty.yaml"))
-    assert (defaults.limits.expected_replicas, defaults.limits.backend_timeout_s) == (1, 0.05)
+    assert (defaults.limits.expected_replicas, defaults.limits.backend_timeout_s) == (1, 0.25)
     bad = write(
         tmp_path,
         """

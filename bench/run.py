@@ -74,7 +74,10 @@ class Procs:
     def start(
         self, argv: list[str], env: dict[str, str] | None = None, stdout: int | None = None
     ) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+        # In a scratch directory: with PostgreSQL the ledger's spool defaults to the working directory.
+        p = subprocess.Popen(
+            argv, env=env, stdout=stdout, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir()
+        )
         self.running.append(p)
         return p
 

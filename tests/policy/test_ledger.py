@@ -488,6 +488,18 @@ def test_upstream_usage_wins_and_is_merged() -> None:
     assert counter.usage(5) == (Usage(40, 9), False)
 
 
+def test_a_running_count_cut_short_is_topped_up_to_what_was_delivered() -> None:
+    """Anthropic's `message_start` reports 1 output token; a client leaving after 5 words was delivered
+    more than that, and is billed for what it received (I3), until the final report arrives."""
+    counter = DeliveredCounter()
+    counter.feed(UsageEvent(Usage(input_tokens=40, output_tokens=1)))
+    for word in ("aaa", " bbb", " ccc", " ddd", " eee"):
+        counter.feed(TextDelta(word))
+    assert counter.usage(5) == (Usage(40, 5), True)
+    counter.feed(StreamEnd("stop", Usage(input_tokens=40, output_tokens=4)))
+    assert counter.usage(5) == (Usage(40, 4), False)  # final: the upstream's count wins
+
+
 def test_output_estimate_rounds_up() -> None:
     assert estimate_output_tokens(0) == 0
     assert estimate_output_tokens(1) == 1

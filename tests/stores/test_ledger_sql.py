@@ -157,6 +157,26 @@ def test_writes_are_idempotent_per_request_id(ledger_url: str) -> None:
     assert got["a"] == first
 
 
+def test_another_request_reusing_a_request_id_keeps_its_own_row(ledger_url: str) -> None:
+    """`x-request-id` may come from the client, and a client may send one twice: the second request is
+    stored as `<id>~<hash>` instead of being dropped as a duplicate, and replays of either still are."""
+    first = row("dup", cost_nanos=1)
+    second = row("dup", cost_nanos=2, ts=TS + timedelta(seconds=1))
+    third = row("dup", cost_nanos=3, ts=TS + timedelta(seconds=2))
+    write(
+        ledger_url,
+        [first, second, second],  # another request in the same batch, and its replay
+        [third, first, second],  # another in a later batch, with replays of both earlier ones
+        [third],
+    )
+    got = stored(ledger_url)
+    assert len(got) == 3 and got["dup"] == first
+    others = sorted((r for rid, r in got.items() if rid != "dup"), key=lambda r: r.cost_nanos or 0)
+    assert [r.cost_nanos for r in others] == [2, 3]
+    assert all(r.request_id.startswith("dup~") and len(r.request_id) == 24 for r in others)
+    assert others[0] == replace(second, request_id=others[0].request_id)
+
+
 def test_a_poison_row_refuses_its_batch_as_data(ledger_url: str) -> None:
     poisons = [row("p1", status=None), row("p2", input_tokens=2**64), row("p3", model="\ud800")]
     if "postgresql" in ledger_url:

@@ -144,15 +144,26 @@ def _final_usage(ctx: CallContext, exc: BaseException | None) -> tuple[Usage, bo
     if ctx.hit is not None:
         return ctx.hit.response.usage or Usage(), False
     if ctx.target is None:
-        return Usage(), False  # nothing reached an upstream that answered
+        ctx.target = _cut_short(ctx)
+        if ctx.target is None:
+            return Usage(), False  # nothing reached an upstream that answered
     if ctx.counter is not None:
         return ctx.counter.usage(ctx.input_estimate)
     if ctx.usage is not None:
         return ctx.usage, False
     if exc is not None and ctx.upstream_calls:
-        # A non-stream call cancelled in flight (the client left): the prompt was certainly read.
+        # A call cancelled in flight (the client left): the prompt was certainly read.
         return Usage(input_tokens=ctx.input_estimate), True
     return Usage(), False
+
+
+def _cut_short(ctx: CallContext) -> Target | None:
+    """The target whose upstream call was in flight when the request was cancelled (fallback.py records
+    it as a `cancelled` attempt): it is billed the prompt, and named in the ledger row."""
+    last = ctx.attempts[-1] if ctx.attempts else None
+    if last is not None and last.kind == "cancelled":
+        return Target(last.provider, last.model)
+    return None
 
 
 def _price(

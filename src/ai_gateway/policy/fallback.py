@@ -162,8 +162,13 @@ class Fallback:
                     tries += 1
                     await self._sleep(delay)
                     continue
-                except BaseException:
+                except BaseException as exc:
                     self._breakers.release_probe(key)
+                    # Cut short in flight (the client left, shutdown): the upstream still had the call,
+                    # so the ledger keeps it as an attempt (invariant I1) and bills its prompt.
+                    kind = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+                    ms = int((loop.time() - started) * 1000)
+                    attempts.append(Attempt(target.provider, target.model, "error", kind, ms, None, kind))
                     raise
                 self._breakers.success(key)
                 attempts.append(

@@ -53,7 +53,8 @@ _TRANSIENT = (ServiceUnavailableError, BackendUnavailableError, TimeoutError, OS
 
 class LedgerSink(Protocol):
     async def write(self, rows: Sequence[LedgerRow]) -> None:
-        """Insert the rows in one transaction, skipping request ids already present.
+        """Insert the rows in one transaction, skipping rows already present (the same request id from
+        the same request; another request that reused the id keeps a row of its own).
 
         Raise ServiceUnavailableError when the database is unreachable or too slow; any other exception
         says the rows' data was refused."""

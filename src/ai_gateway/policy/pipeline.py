@@ -15,6 +15,8 @@ Each handler calls only this module, so the order cannot drift between the ingre
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
@@ -35,6 +37,16 @@ from ai_gateway.settings import ProviderSettings, Settings
 from ai_gateway.types import ChatRequest, ChatResponse, StreamEvent, Usage
 
 __all__ = ["CallContext", "CallResult", "Pipeline"]
+
+# Budget holds and their settle markers are keyed by an id only this process makes. The request id may
+# be the client's own `x-request-id`: one reused (by a retry, a careless client, or on purpose) must not
+# make concurrent calls share one hold, nor turn a later call's settle into a no-op "already settled".
+_HOLD_PREFIX = os.urandom(6).hex()
+_HOLD_COUNTER = itertools.count()
+
+
+def _hold_id(request_id: str) -> str:
+    return f"{request_id}~{_HOLD_PREFIX}{next(_HOLD_COUNTER):x}"
 
 
 @dataclass(slots=True)
@@ -107,7 +119,9 @@ class Pipeline:
             money_scopes = budget_scopes(ctx.principal)
             if money_scopes:
                 worst = self._worst_case(route, ctx.input_estimate, max_output)
-                ctx.reservation = await services.budgets.reserve(money_scopes, worst, ctx.request_id)
+                ctx.reservation = await services.budgets.reserve(
+                    money_scopes, worst, _hold_id(ctx.request_id)
+                )
         return route
 
     def _worst_case(self, route: Route, input_tokens: int, max_output: int) -> int:

@@ -38,6 +38,7 @@ class DeliveredCounter:
     chars: int = 0
     extra_bytes: int = 0
     reported: Usage | None = None
+    ended: bool = False  # the stream's end arrived: the upstream's report is final
 
     def feed(self, event: StreamEvent) -> None:
         if isinstance(event, TextDelta):
@@ -53,16 +54,19 @@ class DeliveredCounter:
                 for key in ("thinking", "text", "partial_json"):
                     if isinstance(value := delta.get(key), str):
                         self._count(value)
-        elif isinstance(event, UsageEvent | StreamEnd) and event.usage is not None:
-            self.reported = _merge(self.reported, event.usage)
+        elif isinstance(event, UsageEvent | StreamEnd):
+            self.ended = self.ended or isinstance(event, StreamEnd)
+            if event.usage is not None:
+                self.reported = _merge(self.reported, event.usage)
 
     def usage(self, input_tokens_estimate: int) -> tuple[Usage, bool]:
         """(usage to bill, estimated?). An upstream report without output tokens is topped up from
-        the delivered text, since what reached the client was certainly generated."""
+        the delivered text, since what reached the client was certainly generated; so is a running
+        count that a stream cut short never finished (Anthropic's `message_start` says 1 output token)."""
         output = estimate_output_tokens(self.chars, self.extra_bytes)
         if self.reported is None:
             return Usage(input_tokens=input_tokens_estimate, output_tokens=output), True
-        if self.reported.output_tokens == 0 and output > 0:
+        if output > self.reported.output_tokens and (self.reported.output_tokens == 0 or not self.ended):
             return replace(self.reported, output_tokens=output), True
         return self.reported, False
 

@@ -8,7 +8,9 @@
     sink.close()
 
 `write` inserts a batch in one transaction with `INSERT ... ON CONFLICT (request_id) DO NOTHING` (SQLite
-and PostgreSQL alike), so a replayed or twice-sent row is skipped, never doubled. An outage raises
+and PostgreSQL alike), so a replayed or twice-sent row is skipped, never doubled. The request id may be
+the client's own `x-request-id`, so another request that reused one (same id, another arrival time or
+key) is not a duplicate: it is stored as `<id>~<20 hex of a hash>`, never dropped. An outage raises
 ServiceUnavailableError (the ledger spools the batch); a refused value raises RowRefusedError, a
 ValueError (the ledger retries row by row to isolate it). See `_ledger_db.py` for the time limits.
 
@@ -18,7 +20,8 @@ The schema comes from the Alembic migrations the key store runs at start (`SqlSt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +43,30 @@ _THREADS = 2
 _WRITE_TIMEOUT_S = 5.0
 _SEED_TIMEOUT_S = 10.0
 _SCOPE_COLUMNS = {"key": LEDGER.c.key_id, "tenant": LEDGER.c.tenant_id}
+# What tells two rows with one request id apart: a replay repeats all of it (it is the same row), another
+# request that reused the id differs at least in its arrival time to the microsecond or its latency.
+_IDENTITY = (
+    LEDGER.c.request_id,
+    LEDGER.c.ts,
+    LEDGER.c.tenant_id,
+    LEDGER.c.key_id,
+    LEDGER.c.endpoint,
+    LEDGER.c.latency_ms,
+)
+
+
+def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return utc(a["ts"]) == utc(b["ts"]) and all(a[c.name] == b[c.name] for c in _IDENTITY[2:])
+
+
+def _distinct_id(values: Mapping[str, Any]) -> str:
+    """The id a second request with an already-used id is stored under: `<id>~<hash>`, the hash of what
+    tells it apart, so a replay of that row maps to the same id and is skipped in turn."""
+    identity = "|".join(
+        str(utc(values["ts"]).isoformat()) if c.name == "ts" else str(values[c.name]) for c in _IDENTITY
+    )
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    return f"{values['request_id'][:107]}~{digest}"
 
 
 class SqlLedgerSink:
@@ -61,19 +88,40 @@ class SqlLedgerSink:
         self._engine.dispose()
 
     async def write(self, rows: Sequence[LedgerRow]) -> None:
-        unique: dict[str, dict[str, Any]] = {}
-        for row in rows:  # a request id twice in one batch: the first wins, as ON CONFLICT would have it
-            if row.request_id not in unique:
-                values = row.to_columns()
-                values["ts"] = utc(values["ts"])  # SQLite keeps the wall clock only: store it in UTC
-                unique[row.request_id] = values
-        if unique:
-            await self._worker.run(self._write, list(unique.values()))
+        first: dict[str, dict[str, Any]] = {}
+        others: list[dict[str, Any]] = []  # other requests under an id already in this batch
+        for row in rows:
+            values = row.to_columns()
+            values["ts"] = utc(values["ts"])  # SQLite keeps the wall clock only: store it in UTC
+            seen = first.get(values["request_id"])
+            if seen is None:
+                first[values["request_id"]] = values
+            elif not _same_request(seen, values):  # the same row twice: the first wins, as below
+                others.append(values)
+        if first:
+            await self._worker.run(self._write, list(first.values()), others)
 
-    def _write(self, values: list[dict[str, Any]]) -> None:
+    def _write(self, values: list[dict[str, Any]], others: list[dict[str, Any]]) -> None:
         with mapped("writing ledger rows"), self._engine.begin() as conn:
             statement_timeout(conn, _WRITE_TIMEOUT_S)
-            conn.execute(self._insert, values)
+            written = set(conn.execute(self._insert.returning(LEDGER.c.request_id), values).scalars())
+            # An id already taken: a replay of the same request (skipped), or another request that reused
+            # the client's `x-request-id`, which is stored under an id of its own instead of being lost.
+            pending = [v for v in values if v["request_id"] not in written] + others
+            if not pending:
+                return
+            query = select(*_IDENTITY).where(
+                LEDGER.c.request_id.in_(sorted({v["request_id"] for v in pending}))
+            )
+            stored = {r.request_id: dict(r._mapping) for r in conn.execute(query)}
+            renamed: dict[str, dict[str, Any]] = {}
+            for v in pending:
+                kept = stored.get(v["request_id"])
+                if kept is not None and not _same_request(kept, v):
+                    rid = _distinct_id(v)
+                    renamed.setdefault(rid, {**v, "request_id": rid})
+            if renamed:
+                conn.execute(self._insert, list(renamed.values()))
 
     async def seed_spent(self, scope: BudgetScope, window_start: datetime) -> int:
         """The budgets' SeedFn: nano-dollars spent by `key:<id>` or `tenant:<id>` in the calendar window

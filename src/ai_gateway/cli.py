@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ai_gateway import admin_cli
-from ai_gateway.settings import ConfigError, Settings, check_config, describe, load_settings
+from ai_gateway.settings import ConfigError, Settings, check_config, describe, is_loopback_host, load_settings
 
 if TYPE_CHECKING:
     from ai_gateway.web.app import GatewayApp
@@ -24,15 +23,6 @@ log = logging.getLogger("ai_gateway")
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _MAX_WORKERS = 64
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +117,7 @@ def _open_mode_allowed(settings: Settings, open_mode: bool) -> bool:
     if not open_mode:
         return True
     host = settings.server.host
-    if not _is_loopback(host) and not settings.server.allow_open:
+    if not is_loopback_host(host) and not settings.server.allow_open:
         print(
             f"refusing to bind {host} in open mode: with no AIGW_MASTER_KEY and no API key in the database, "
             "anyone who can reach it may call models on your keys. Set AIGW_MASTER_KEY, bind 127.0.0.1, "

@@ -47,6 +47,7 @@ __all__ = [
     "Timeouts",
     "check_config",
     "describe",
+    "is_loopback_host",
     "load_settings",
 ]
 
@@ -637,7 +638,8 @@ def _auth(env: Mapping[str, str], database_url: str, problems: list[ConfigProble
     return AuthSettings(key_hash_secret=secret, cache_ttl_s=ttl)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """A host name or address that only this machine can reach (open mode may bind it)."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
@@ -652,7 +654,7 @@ def _warnings(settings: Settings, raw: schema.RawConfig, env: Mapping[str, str])
     if settings.master_key is not None and len(settings.master_key) < 16:
         warnings.append("AIGW_MASTER_KEY is shorter than 16 characters; use a long random value")
     host = settings.server.host
-    if settings.master_key is None and not settings.server.allow_open and not _is_loopback(host):
+    if settings.master_key is None and not settings.server.allow_open and not is_loopback_host(host):
         warnings.append(
             f"server.host {host} is not loopback: in open mode the server refuses to bind it; "
             "set AIGW_MASTER_KEY or pass --allow-open"
@@ -673,7 +675,7 @@ def _warnings(settings: Settings, raw: schema.RawConfig, env: Mapping[str, str])
             )
     for name, provider in settings.providers.items():
         hostname = urlsplit(provider.base_url).hostname or ""
-        if provider.api_key and provider.base_url.startswith("http://") and not _is_loopback(hostname):
+        if provider.api_key and provider.base_url.startswith("http://") and not is_loopback_host(hostname):
             warnings.append(f"provider {name} sends its API key over plain http to {hostname}")
     for alias, targets in settings.routes.items():
         skipped = [t for t in targets if not settings.providers[t.partition("/")[0]].configured]

@@ -285,14 +285,8 @@ async def send_error(send: Send, request_id: str, err: GatewayError, path: str =
         extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
     if err.status == 401:
         extra.append((b"www-authenticate", b'Bearer realm="ai-gateway"'))
-    if is_messages_path(path):
-        body = ANTHROPIC.error_body(err, request_id)
-    else:
-        body = {
-            "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code},
-            "request_id": request_id,
-        }
-    await send_json(send, err.status, body, request_id, extra)
+    dialect = ANTHROPIC if is_messages_path(path) else OPENAI
+    await send_json(send, err.status, dialect.error_body(err, request_id), request_id, extra)
 
 
 def _build_auth(settings: Settings) -> tuple[SqlStore, Authenticator]:

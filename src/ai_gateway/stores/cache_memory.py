@@ -50,7 +50,9 @@ class MemoryCache:
             self._drop(key)
         if cost > self.max_bytes or ttl_s <= 0:
             return  # it would evict everything and still not fit
-        self._entries[key] = (self._clock() + ttl_s, value)
+        # An exact-size copy: `orjson.dumps` hands back bytes inside a buffer of at least 4 KiB, so a
+        # kept 600-byte answer would hold 4 KiB and the byte bound would understate memory ~6x.
+        self._entries[key] = (self._clock() + ttl_s, bytes(memoryview(value)))
         self.size += cost
         if self.size > self.max_bytes or len(self._entries) > self.max_entries:
             self._evict()

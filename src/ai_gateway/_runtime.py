@@ -1,0 +1,38 @@
+"""Process-wide tuning for `serve`, applied once before the app starts any thread."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+
+__all__ = ["limit_malloc_arenas"]
+
+log = logging.getLogger("ai_gateway")
+
+_M_ARENA_MAX = -8  # glibc's mallopt() parameter number
+_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = _ARENAS) -> bool:
+    """Cap glibc's malloc arenas, as `MALLOC_ARENA_MAX=2` would.
+
+    glibc gives each thread that allocates its own arena and returns little of it: with the ledger's
+    writer threads and the default executor, the gateway's RSS grew ~45 MB under load beyond what it
+    holds (measured with `make bench` scenario (a): 160 MB uncapped, 113 MB capped, the same req/s).
+    A `MALLOC_ARENA_MAX` already in the environment wins. Returns whether a cap was applied; elsewhere
+    (musl, macOS) there is nothing to do."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = bool(mallopt(_M_ARENA_MAX, arenas))
+    if not ok:
+        log.debug("mallopt(M_ARENA_MAX) refused; malloc arenas are not capped")
+    return ok

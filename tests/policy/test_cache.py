@@ -25,7 +25,7 @@ from ai_gateway.policy.cache import (
     cacheable,
     replay_events,
 )
-from ai_gateway.policy.cache_codec import decode_entry, encode_entry
+from ai_gateway.policy.cache_codec import canonical_json, canonical_request, decode_entry, encode_entry
 from ai_gateway.providers._http import HttpClient
 from ai_gateway.providers.fake import FakeProvider
 from ai_gateway.settings import CacheSettings, ProviderSettings, load_settings
@@ -108,6 +108,40 @@ def test_key_is_injective_across_tenants_and_routes(a: str, b: str, route: str) 
         assert cache.key(a, route, req) != cache.key(b, route, req)
     # No separator games: ("x", "y:z") and ("x:y", "z") are different inputs.
     assert cache.key(a, b + ":" + route, req) != cache.key(a + ":" + b, route, req)
+
+
+@given(st.dictionaries(st.text(max_size=6), JSON, max_size=5), st.dictionaries(st.text(max_size=6), JSON))
+def test_fast_key_encoding_equals_the_plain_form(params: dict[str, Any], extra: dict[str, Any]) -> None:
+    # The key is hashed from `canonical_json`, which lets orjson walk the dataclasses; it must be the
+    # very bytes of the plain form `canonical_request` builds, or entries would split or merge.
+    req = request(
+        messages=[
+            Message("system", [TextPart("be brief")]),
+            Message("user", [TextPart("hi"), ImagePart(url="https://x/y.png")]),
+        ],
+        tools=[Tool("t", parameters=params)],
+        tool_choice=ToolChoice("required"),
+        response_format=ResponseFormat("json_object"),
+        stop=["END"],
+        temperature=0.5,
+        extra={"openai": extra},
+    )
+    head = [1, "tenant:a", "default"]
+    try:
+        plain = orjson.dumps([*head, canonical_request(req)], option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits: both refuse, and the cache takes its slow encoder
+        with pytest.raises(TypeError):
+            canonical_json(head, req)
+        return
+    assert canonical_json(head, req) == plain
+
+
+def test_a_key_beyond_what_orjson_encodes_takes_the_slow_encoder() -> None:
+    cache = memory_cache()
+    huge = request(tools=[Tool("t", parameters={"maximum": 2**70})])
+    other = request(tools=[Tool("t", parameters={"maximum": 2**70 + 1})])
+    assert cache.key("t", "default", huge) != cache.key("t", "default", other)
+    assert cache.key("t", "default", huge) == cache.key("t", "default", huge)
 
 
 def test_fields_that_do_not_change_the_answer_are_not_in_the_key() -> None:

@@ -34,21 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import orjson
-import redis.asyncio as aioredis
-
 from ai_gateway.policy._guard import StoreGuard
 from ai_gateway.policy.cache_codec import (
     CacheHit,
     StreamRecorder,
     cacheable,
+    canonical_json,
     canonical_request,
     decode_entry,
     encode_entry,
     replay_events,
 )
 from ai_gateway.settings import CacheSettings, Settings
-from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, connect
+from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, RespClient, connect
 from ai_gateway.stores.cache_memory import MemoryCache
 from ai_gateway.stores.cache_redis import RedisCache
 from ai_gateway.types import ChatRequest, ChatResponse
@@ -138,12 +136,12 @@ class ResponseCache:
         self.guard = StoreGuard("response cache store", self.stats, log, clock=clock)
 
     def key(self, namespace: str, route: str, request: ChatRequest) -> str:
-        payload = [_KEY_VERSION, namespace, route, canonical_request(request)]
         try:
-            blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+            blob = canonical_json([_KEY_VERSION, namespace, route], request)
         except TypeError:
             # Integers beyond 64 bits (a tool schema may hold any JSON number): the slower encoder,
             # marked so its output can never equal another payload's orjson form.
+            payload = [_KEY_VERSION, namespace, route, canonical_request(request)]
             blob = b"json:" + json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -191,7 +189,7 @@ class ResponseCache:
         await self.store.aclose()
 
 
-def build_response_cache(settings: Settings, client: aioredis.Redis | None = None) -> ResponseCache | None:
+def build_response_cache(settings: Settings, client: RespClient | None = None) -> ResponseCache | None:
     """The configured cache: Redis (sharing `client` if given) when AIGW_REDIS_URL is set, else memory."""
     cache = settings.cache
     if not cache.enabled:

@@ -42,6 +42,7 @@ __all__ = [
     "CacheHit",
     "StreamRecorder",
     "cacheable",
+    "canonical_json",
     "canonical_request",
     "decode_entry",
     "encode_entry",
@@ -77,6 +78,14 @@ def canonical_request(request: ChatRequest) -> dict[str, Any]:
     }
 
 
+def canonical_json(head: list[Any], request: ChatRequest) -> bytes:
+    """`orjson.dumps([*head, canonical_request(request)], option=OPT_SORT_KEYS)`, byte for byte, without
+    building the plain copy first: orjson walks the dataclasses itself and hands each to `_tagged`
+    (a third of the cost). Raises TypeError where orjson cannot encode a value (integers beyond 64 bits)."""
+    fields = {name: getattr(request, name) for name in _REQUEST_KEY_FIELDS}
+    return orjson.dumps([*head, fields], default=_tagged, option=_KEY_OPTIONS)
+
+
 # Field names per dataclass, looked up once: `dataclasses.fields()` on every request showed in profiles.
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _SCALARS = (str, int, float, bool, type(None))
@@ -87,6 +96,23 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return names
+
+
+_KEY_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+_REQUEST_KEY_FIELDS = tuple(name for name in _field_names(ChatRequest) if name not in _NOT_IN_KEY)
+
+
+def _tagged(value: object) -> Any:
+    """orjson's `default` for the key: what `_plain` makes of a dataclass or a Decimal, one level deep."""
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if isinstance(value, Decimal):
+            return str(value)
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            raise TypeError(f"cannot encode {cls.__name__} in a cache key")
+        names = _field_names(cls)
+    return {"@": cls.__name__, **{name: getattr(value, name) for name in names}}
 
 
 def _plain(value: object) -> Any:
@@ -115,9 +141,9 @@ def cacheable(response: ChatResponse) -> bool:
 
 def encode_entry(response: ChatResponse, provider: str, model: str) -> bytes:
     body: dict[str, Any] = {
-        f.name: getattr(response, f.name)
-        for f in dataclasses.fields(response)
-        if f.name not in ("content", "tool_calls", "usage")
+        name: getattr(response, name)
+        for name in _field_names(ChatResponse)
+        if name not in ("content", "tool_calls", "usage")
     }
     body["content"] = [{"kind": type(p).__name__, **_fields(p)} for p in response.content]
     body["tool_calls"] = [_fields(c) for c in response.tool_calls]
@@ -146,7 +172,7 @@ def decode_entry(raw: bytes) -> CacheHit:
 
 
 def _fields(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {name: getattr(obj, name) for name in _field_names(type(obj))}
 
 
 def _json_default(value: object) -> str:

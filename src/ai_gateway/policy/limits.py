@@ -26,16 +26,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
-
-import redis.asyncio as aioredis
+from dataclasses import dataclass
+from typing import Literal, cast
 
 from ai_gateway.errors import BackendUnavailableError, RateLimitError
 from ai_gateway.policy.auth import Principal
 from ai_gateway.policy.limit_store import FailoverBuckets, LimiterStats, ScaledBuckets
 from ai_gateway.settings import LimitsSettings, Settings
-from ai_gateway.stores._redis import connect
+from ai_gateway.stores._redis import RespClient, connect
 from ai_gateway.stores.buckets import MAX_LIMIT, Bucket, BucketState, BucketStore
 from ai_gateway.stores.buckets_memory import MemoryBuckets
 from ai_gateway.stores.buckets_redis import RedisBuckets
@@ -54,6 +52,7 @@ __all__ = [
 log = logging.getLogger("ai_gateway.limits")
 
 Kind = Literal["rpm", "tpm"]
+_MAX_PLANS = 10_000  # distinct scope sets remembered (keys x tenants in use); cleared when reached
 _WHAT = {"key": "this API key", "tenant": "this tenant", "model": "this model on this API key"}
 
 
@@ -116,11 +115,18 @@ class Limiter:
     def __init__(self, store: BucketStore, stats: LimiterStats | None = None) -> None:
         self.store = store
         self.stats = stats if stats is not None else LimiterStats()
+        self._plans: dict[tuple[LimitScope, ...], _Plan] = {}  # the buckets of each set of scopes
 
     async def admit(self, scopes: Sequence[LimitScope], estimated_tokens: int) -> Admission:
-        buckets, kinds, whats = _buckets(scopes, max(0, estimated_tokens))
-        if not buckets:
+        key = tuple(scopes)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[key] = _Plan.of(scopes)
+        if not plan.kinds:
             return Admission()
+        buckets, kinds, whats = plan.buckets(max(0, estimated_tokens)), plan.kinds, plan.whats
         decision = await self.store.admit(buckets)  # ServiceUnavailableError passes through
         if not decision.admitted:
             self.stats.rejected += 1
@@ -134,7 +140,7 @@ class Limiter:
         admission.settled = True
         actual = max(0, actual_tokens)
         changes = [
-            replace(b, cost=actual - b.cost)
+            Bucket(b.key, b.capacity, b.per_minute, actual - b.cost)
             for b, kind in zip(admission.buckets, admission.kinds, strict=True)
             if kind == "tpm" and actual != b.cost
         ]
@@ -163,7 +169,7 @@ def scopes_for(principal: Principal, defaults: LimitsSettings) -> list[LimitScop
     return scopes
 
 
-def build_limiter(settings: Settings, client: aioredis.Redis | None = None) -> Limiter:
+def build_limiter(settings: Settings, client: RespClient | None = None) -> Limiter:
     """In-process buckets, or Redis ones (sharing `client` if given) with the configured failure mode."""
     limits = settings.limits
     if settings.redis_url is None and client is None:
@@ -205,24 +211,44 @@ def format_reset(seconds: float) -> str:
 # --- internals ---------------------------------------------------------------------------------------
 
 
-def _buckets(
-    scopes: Sequence[LimitScope], tokens: int
-) -> tuple[tuple[Bucket, ...], tuple[Kind, ...], tuple[str, ...]]:
-    buckets: list[Bucket] = []
-    kinds: list[Kind] = []
-    whats: list[str] = []
-    seen: set[str] = set()
-    for scope in scopes:
-        specs: tuple[tuple[Kind, int | None, int], ...] = (("rpm", scope.rpm, 1), ("tpm", scope.tpm, tokens))
-        for kind, limit, cost in specs:
-            key = f"{scope.name}:{kind}"
-            if limit is None or key in seen:  # one bucket once, or a decision would charge it twice
-                continue
-            seen.add(key)
-            buckets.append(Bucket(key, limit, limit, min(cost, limit)))
-            kinds.append(kind)
-            whats.append(scope.what)
-    return tuple(buckets), tuple(kinds), tuple(whats)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The buckets a set of scopes passes through, worked out once: each key and tenant repeats its
+    scopes on every request, and only the token buckets' cost changes from one request to the next."""
+
+    fixed: tuple[Bucket, ...]  # every bucket; request buckets with their cost of 1
+    kinds: tuple[Kind, ...]
+    whats: tuple[str, ...]
+    tokens_at: tuple[int, ...]  # positions of the token buckets, charged per request
+
+    @classmethod
+    def of(cls, scopes: Sequence[LimitScope]) -> _Plan:
+        buckets: list[Bucket] = []
+        kinds: list[Kind] = []
+        whats: list[str] = []
+        seen: set[str] = set()
+        for scope in scopes:
+            for kind, limit in (("rpm", scope.rpm), ("tpm", scope.tpm)):
+                key = f"{scope.name}:{kind}"
+                if limit is None or key in seen:  # one bucket once, or a decision would charge it twice
+                    continue
+                seen.add(key)
+                buckets.append(Bucket(key, limit, limit, 1))
+                kinds.append(cast(Kind, kind))
+                whats.append(scope.what)
+        tokens_at = tuple(i for i, kind in enumerate(kinds) if kind == "tpm")
+        return cls(tuple(buckets), tuple(kinds), tuple(whats), tokens_at)
+
+    def buckets(self, tokens: int) -> tuple[Bucket, ...]:
+        """The buckets with this request's costs: a token bucket is charged the estimate, at most its
+        capacity (a larger request then waits for a full bucket instead of never passing)."""
+        if not self.tokens_at:
+            return self.fixed
+        out = list(self.fixed)
+        for i in self.tokens_at:
+            b = out[i]
+            out[i] = Bucket(b.key, b.capacity, b.per_minute, min(tokens, b.capacity))
+        return tuple(out)
 
 
 def _rejection(kinds: Sequence[Kind], whats: Sequence[str], states: Sequence[BucketState]) -> RateLimitError:
@@ -244,10 +270,14 @@ def _rejection(kinds: Sequence[Kind], whats: Sequence[str], states: Sequence[Buc
 def _headers(kinds: Sequence[Kind], states: Sequence[BucketState]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     for kind, unit in (("rpm", b"requests"), ("tpm", b"tokens")):
-        mine = [s for k, s in zip(kinds, states, strict=True) if k == kind]
-        if not mine:
+        tightest: BucketState | None = None
+        for k, s in zip(kinds, states, strict=True):
+            if k == kind and (
+                tightest is None or (s.remaining, s.limit) < (tightest.remaining, tightest.limit)
+            ):
+                tightest = s
+        if tightest is None:
             continue
-        tightest = min(mine, key=lambda s: (s.remaining, s.limit))
         out.append((b"x-ratelimit-limit-" + unit, str(tightest.limit).encode()))
         out.append((b"x-ratelimit-remaining-" + unit, str(tightest.remaining).encode()))
         if tightest.reset_s is not None:

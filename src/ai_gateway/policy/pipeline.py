@@ -27,7 +27,7 @@ from ai_gateway.policy.breaker import BreakerBoard
 from ai_gateway.policy.cache import cache_directive, cache_namespace, replay_events
 from ai_gateway.policy.cache_codec import StreamRecorder
 from ai_gateway.policy.fallback import Fallback, OpenStream
-from ai_gateway.policy.limits import scopes_for
+from ai_gateway.policy.limits import LimitScope, scopes_for
 from ai_gateway.policy.pricing import Pricing
 from ai_gateway.policy.routing import Route, Router, Target
 from ai_gateway.policy.tokens import estimate_input_tokens
@@ -43,6 +43,7 @@ __all__ = ["CallContext", "CallResult", "Pipeline"]
 # make concurrent calls share one hold, nor turn a later call's settle into a no-op "already settled".
 _HOLD_PREFIX = os.urandom(6).hex()
 _HOLD_COUNTER = itertools.count()
+_MAX_REMEMBERED_PRINCIPALS = 10_000
 
 
 def _hold_id(request_id: str) -> str:
@@ -66,6 +67,9 @@ class Pipeline:
         self.router = Router({n: p.settings for n, p in providers.items()}, settings.routes)
         self.breakers = BreakerBoard(settings.breaker.failure_threshold, settings.breaker.cooldown_s)
         self.fallback = Fallback(providers, self.breakers, settings.retries)
+        # The limit scopes of each principal, by identity: the authenticator hands out one Principal
+        # object per key until its cache entry expires, so this is a lookup, not a rebuild, per request.
+        self._scopes: dict[int, tuple[Principal, list[LimitScope]]] = {}
 
     def new_context(
         self, request_id: str, principal: Principal | None = None, endpoint: str = "openai_chat"
@@ -100,7 +104,7 @@ class Pipeline:
         ctx.input_estimate = estimate_input_tokens(request)
         max_output = request.max_tokens or self.settings.ledger.default_max_output_tokens
         if services.limiter is not None and ctx.principal is not None:
-            limit_scopes = scopes_for(ctx.principal, self.settings.limits)
+            limit_scopes = self._limit_scopes(ctx.principal)
             if limit_scopes:
                 ctx.admission = await services.limiter.admit(limit_scopes, ctx.input_estimate + max_output)
         cache = services.cache
@@ -123,6 +127,16 @@ class Pipeline:
                     money_scopes, worst, _hold_id(ctx.request_id)
                 )
         return route
+
+    def _limit_scopes(self, principal: Principal) -> list[LimitScope]:
+        known = self._scopes.get(id(principal))
+        if known is not None and known[0] is principal:
+            return known[1]
+        if len(self._scopes) >= _MAX_REMEMBERED_PRINCIPALS:
+            self._scopes.clear()
+        scopes = scopes_for(principal, self.settings.limits)
+        self._scopes[id(principal)] = (principal, scopes)  # holding it keeps its id from being reused
+        return scopes
 
     def _worst_case(self, route: Route, input_tokens: int, max_output: int) -> int:
         """The most this request can cost on any target its chain may reach (a fallback may land on

@@ -95,17 +95,18 @@ def bucket_state(bucket: Bucket, level: int) -> BucketState:
     """Client-facing view of a bucket at `level` ticks, for headers and Retry-After."""
     capacity = bucket.capacity * TICKS_PER_TOKEN
     rate = bucket.per_minute  # ticks per millisecond
-
-    def wait_s(target: int) -> float | None:
-        if level >= target:
-            return 0.0
-        if rate == 0 or target > capacity:
-            return None
-        return math.ceil((target - level) / rate) / 1000
-
     return BucketState(
-        limit=bucket.capacity,
-        remaining=max(0, level // TICKS_PER_TOKEN),
-        reset_s=wait_s(capacity),
-        retry_s=wait_s(max(0, bucket.cost) * TICKS_PER_TOKEN),
+        bucket.capacity,
+        max(0, level // TICKS_PER_TOKEN),
+        _wait_s(level, capacity, rate, capacity),
+        _wait_s(level, max(0, bucket.cost) * TICKS_PER_TOKEN, rate, capacity),
     )
+
+
+def _wait_s(level: int, target: int, rate: int, capacity: int) -> float | None:
+    """Seconds until the bucket holds `target` ticks: 0 if it does now, None if it never will."""
+    if level >= target:
+        return 0.0
+    if rate == 0 or target > capacity:
+        return None
+    return math.ceil((target - level) / rate) / 1000

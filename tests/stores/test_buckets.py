@@ -8,13 +8,12 @@ from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ai_gateway.errors import BackendUnavailableError
-from ai_gateway.stores._redis import connect
+from ai_gateway.stores._redis import RespClient, connect
 from ai_gateway.stores.buckets import TICKS_PER_TOKEN, Bucket, BucketStore, bucket_state, refill
 from ai_gateway.stores.buckets_memory import MemoryBuckets
 from ai_gateway.stores.buckets_redis import RedisBuckets
@@ -245,8 +244,8 @@ def test_two_replicas_share_one_allowance(redis_shared: RedisServer) -> None:
     assert run(go()) == 5
 
 
-async def redis_ms(client: aioredis.Redis) -> int:
-    seconds, micros = await client.time()
+async def redis_ms(client: RespClient) -> int:
+    seconds, micros = await client.execute_command("TIME")
     return int(seconds) * 1000 + int(micros) // 1000
 
 

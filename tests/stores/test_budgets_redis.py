@@ -99,8 +99,8 @@ def test_lua_windows_match_python(server: RedisServer, stamps: list[float]) -> N
             end = window_for("day", now).end
             assert end is not None
             assert exc.value.retry_after == max(1, int(end.timestamp() - int(now)))
-        keys = [k async for k in b._client.scan_iter(match=prefix + "*")]
-        await b._client.delete(*keys)
+        keys = await b._client.execute_command("KEYS", prefix + "*")
+        await b._client.execute_command("DEL", *keys)
         await close(b)
 
     run(go())
@@ -123,11 +123,11 @@ def test_rollover_at_midnight_on_the_redis_side(server: RedisServer, prefix: str
         r = await b.reserve([day], 1_000, "r3")
         assert r.holds[0].window.label == "day:2026-12-01"
         # Window keys expire a few days after their window; a total budget's never do.
-        ttl = await b._client.ttl(f"{prefix}key:k:day:2026-12-01")
+        ttl = await b._client.execute_command("TTL", f"{prefix}key:k:day:2026-12-01")
         assert 86_400 < ttl <= 4 * 86_400  # the rest of the day, plus three days of grace
         total = BudgetScope("tenant:t", 10, "total")
         await b.reserve([total], 1, "r4")
-        assert await b._client.ttl(f"{prefix}tenant:t:total") == -1
+        assert await b._client.execute_command("TTL", f"{prefix}tenant:t:total") == -1
         await close(b)
 
     run(go())
@@ -176,7 +176,8 @@ def test_fifty_concurrent_requests_on_two_replicas_overshoot_at_most_one_reserva
         assert spent > limit - 2 * worst  # the budget was really used, not refused early
         assert refused == 50 and codes == {"budget_exceeded"}
         assert await replicas[0].spent(key) == spent
-        state = await replicas[0]._client.hgetall(f"{prefix}{scope.name}:{r_label(scope)}")
+        flat = await replicas[0]._client.execute_command("HGETALL", f"{prefix}{scope.name}:{r_label(scope)}")
+        state = dict(zip(flat[::2], flat[1::2], strict=True))
         assert int(state[b"held"]) == 0  # every hold released
         assert elapsed < 10
         await close(*replicas)
@@ -200,7 +201,7 @@ def test_a_dead_replicas_holds_expire(server: RedisServer, prefix: str) -> None:
         r = await alive.reserve([scope], 1_000, "r2")  # the expired hold was purged in the script
         await alive.settle(r, 1_000)
         assert await alive.spent(scope) == 1_000
-        assert await alive._client.zcard(f"{prefix}tenant:t1:total:res") == 0
+        assert await alive._client.execute_command("ZCARD", f"{prefix}tenant:t1:total:res") == 0
         await close(dying, alive)
 
     run(go())
@@ -245,7 +246,7 @@ def test_seed_once_per_window_and_first_replica_wins(server: RedisServer, prefix
         assert len(calls) == 1  # the counter exists: b never asks its ledger
         # A flushed Redis: the counter starts again from the seed, exactly once.
         base = f"{prefix}tenant:t:{window_for('day', time.time()).label}"
-        await a._client.delete(base, base + ":res", base + ":amt")
+        await a._client.execute_command("DEL", base, base + ":res", base + ":amt")
         assert await b.spent(scope) == 0 and await a.spent(scope) == 0
         assert [c[0] for c in calls] == ["a", "b"]
         await close(a, b)

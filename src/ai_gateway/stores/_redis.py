@@ -2,7 +2,8 @@
 
 Every call is bounded by one short timeout (research/reliability.md D1): a limiter that waits on a sick
 Redis adds that wait to every request (traefik #12042). redis-py's own retries are off for the same
-reason; the caller decides what a failure means.
+reason; the caller decides what a failure means. The client is `_resp.RespClient`: one pipelined
+connection, hiredis packing and parsing.
 
 The default is 250 ms, not the 50 ms D1 suggests, because the bound covers this process's own event loop
 too: while a burst of requests is being parsed, a reply Redis sent in a millisecond waits its turn. A
@@ -18,26 +19,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ai_gateway.errors import BackendUnavailableError
+from ai_gateway.stores._resp import RespClient
 
-__all__ = ["DEFAULT_TIMEOUT_S", "connect", "redis_errors"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RespClient", "connect", "redis_errors"]
 
 DEFAULT_TIMEOUT_S = 0.25
 
 
-def connect(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> aioredis.Redis:
-    """A client with its own connection pool; connecting is lazy, so this never fails on a dead Redis."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+def connect(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> RespClient:
+    """A pipelining client (stores/_resp.py) with a connection of its own; connecting is lazy, so this
+    never fails on a dead Redis. A connect gets `timeout_s`, a reply whatever the caller's bound is."""
+    return RespClient(url, timeout_s)
 
 
 @asynccontextmanager

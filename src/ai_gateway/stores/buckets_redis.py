@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, redis_errors
+from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, RespClient, redis_errors
 from ai_gateway.stores.buckets import TICKS_PER_TOKEN, Bucket, Decision, bucket_state
 
 __all__ = ["DEFAULT_PREFIX", "SCRIPT", "RedisBuckets"]
@@ -82,7 +81,7 @@ class RedisBuckets:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RespClient,
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -114,9 +113,9 @@ class RedisBuckets:
             args += [b.capacity * TICKS_PER_TOKEN, b.per_minute, b.cost * TICKS_PER_TOKEN]
         async with redis_errors(f"rate limit {mode}", self._timeout_s):
             try:
-                reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)  # type: ignore[misc]
+                reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
             except NoScriptError:
                 self.script_loads += 1
                 await self._redis.script_load(SCRIPT)
-                reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)  # type: ignore[misc]
+                reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
         return [int(x) for x in reply]

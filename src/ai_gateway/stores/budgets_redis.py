@@ -18,12 +18,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from ai_gateway.errors import ServiceUnavailableError
@@ -38,7 +37,7 @@ from ai_gateway.policy.budgets import (
     window_for,
 )
 from ai_gateway.stores import _budgets_lua as lua
-from ai_gateway.stores._redis import redis_errors
+from ai_gateway.stores._redis import RespClient, redis_errors
 
 __all__ = ["RedisBudgets"]
 
@@ -65,7 +64,7 @@ _RESERVE, _SETTLE, _SEED, _PEEK = (_Script.of(s) for s in (lua.RESERVE, lua.SETT
 class RedisBudgets:
     def __init__(
         self,
-        client: Redis,
+        client: RespClient,
         *,
         prefix: str = "aigw:budget:",
         seed: SeedFn | None = None,
@@ -199,12 +198,12 @@ class RedisBudgets:
         """Run a script by hash; redis errors become BackendUnavailableError in `_redis.redis_errors`."""
         async with redis_errors("budget", self._timeout_s):
             try:
-                reply = await cast(Awaitable[Any], self._client.evalsha(script.sha, 0, *args))
+                reply = await self._client.evalsha(script.sha, 0, *args)
             except NoScriptError:
                 # A restarted or flushed Redis forgot the script: load it, then run it by hash again.
                 self.script_loads += 1
-                await cast(Awaitable[str], self._client.script_load(script.source))
-                reply = await cast(Awaitable[Any], self._client.evalsha(script.sha, 0, *args))
+                await self._client.script_load(script.source)
+                reply = await self._client.evalsha(script.sha, 0, *args)
         return reply if isinstance(reply, list) else [reply]
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import math
 
-import redis.asyncio as aioredis
-
-from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, redis_errors
+from ai_gateway.stores._redis import DEFAULT_TIMEOUT_S, RespClient, redis_errors
 
 __all__ = ["DEFAULT_PREFIX", "RedisCache"]
 
@@ -21,7 +19,7 @@ DEFAULT_PREFIX = "aigw:cache:"
 class RedisCache:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RespClient,
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout_s: float = DEFAULT_TIMEOUT_S,

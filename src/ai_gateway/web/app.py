@@ -17,8 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ai_gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ai_gateway.policy.accounting import Services
 from ai_gateway.policy.auth import (
@@ -38,7 +36,7 @@ from ai_gateway.policy.pricing import Pricing
 from ai_gateway.providers import build_providers
 from ai_gateway.providers._http import HttpClient
 from ai_gateway.settings import ConfigError, ConfigProblem, Settings
-from ai_gateway.stores._redis import connect
+from ai_gateway.stores._redis import RespClient, connect
 from ai_gateway.stores.budgets_memory import MemoryBudgets
 from ai_gateway.stores.budgets_redis import RedisBudgets
 from ai_gateway.stores.ledger_sql import SqlLedgerSink
@@ -301,7 +299,7 @@ def _build_auth(settings: Settings) -> tuple[SqlStore, Authenticator]:
     return store, auth
 
 
-def _build_services(settings: Settings, store: SqlStore) -> tuple[Services, Redis | None, SqlLedgerSink]:
+def _build_services(settings: Settings, store: SqlStore) -> tuple[Services, RespClient | None, SqlLedgerSink]:
     """Pricing, limits, cache, budgets and the ledger: in-process, or shared through Redis."""
     redis = connect(settings.redis_url, settings.limits.backend_timeout_s) if settings.redis_url else None
     sink, seed = _ledger_backend(settings, store)

@@ -1,8 +1,11 @@
 """The SQL ledger sink on SQLite and PostgreSQL: the migrated table is LEDGER_COLUMNS, rows round-trip
-exactly, writes are idempotent per request id, a poison row refuses its batch as data (not as an outage)
-and the real `Ledger` then isolates it, budget seeds sum calendar windows exactly, and a database outage
-under a real `Ledger` (a SQLite write lock; PostgreSQL behind a TCP proxy that is stopped and restarted)
-loses and duplicates nothing."""
+exactly (stored as a SQLAlchemy Core insert stores them, read back alike through SQLAlchemy and the
+reports), writes are idempotent per request id, a batch of new ids is one INSERT while a batch with taken
+ids skips replays and renames reused ids (also with the driver's rowcount ignored, so every row just
+inserted is compared with what it reads back as), a poison row refuses its batch as data (not as an
+outage) and the real `Ledger` then isolates it, budget seeds sum calendar windows exactly, and a database
+outage under a real `Ledger` (a SQLite write lock; PostgreSQL behind a TCP proxy that is stopped and
+restarted) loses and duplicates nothing."""
 
 from __future__ import annotations
 
@@ -17,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ai_gateway.errors import ServiceUnavailableError
 from ai_gateway.policy.budgets import BudgetScope, Period, window_for
 from ai_gateway.policy.ledger import Ledger
-from ai_gateway.policy.ledger_row import LEDGER_COLUMNS, LedgerAttempt, LedgerRow
+from ai_gateway.policy.ledger_row import LEDGER_COLUMNS, LedgerAttempt, LedgerRow, sanitize
 from ai_gateway.stores._ledger_db import LEDGER, RowRefusedError, utc
 from ai_gateway.stores.ledger_sql import SqlLedgerSink
+from ai_gateway.stores.reports import Filters, Reports
 from ai_gateway.stores.sql import SqlStore, engine_url
 from tests.services import Postgres
 
@@ -175,6 +181,194 @@ def test_another_request_reusing_a_request_id_keeps_its_own_row(ledger_url: str)
     assert [r.cost_nanos for r in others] == [2, 3]
     assert all(r.request_id.startswith("dup~") and len(r.request_id) == 24 for r in others)
     assert others[0] == replace(second, request_id=others[0].request_id)
+
+
+def edge_rows(prefix: str) -> list[LedgerRow]:
+    """Values at the edges of what a sanitised row holds."""
+    return [
+        row(f"{prefix}plain"),
+        row(  # microseconds, another offset: stored as 2026-11-27 19:00:15.123456 UTC
+            f"{prefix}micro",
+            ts=datetime(2026, 11, 28, 0, 30, 15, 123_456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        ),
+        row(f"{prefix}last-micro", ts=datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
+        row(f"{prefix}epoch", ts=datetime(1970, 1, 1, tzinfo=UTC), latency_ms=0, ttft_ms=0),
+        row(
+            f"{prefix}nulls",
+            tenant_id=None,
+            key_id=None,
+            route=None,
+            provider=None,
+            model=None,
+            error_class=None,
+            cost_nanos=None,
+            price_source=None,
+            ttft_ms=None,
+            attempts=(),
+        ),
+        row(  # past 2**53, where a float would lose the last nano-dollar; up to BIGINT's maximum
+            f"{prefix}big",
+            key_id="k-big",
+            input_tokens=2**63 - 1,
+            output_tokens=2**53 + 1,
+            cached_tokens=2**62,
+            cost_nanos=2**62 + 1,
+            cost_saved_nanos=2**53 + 3,
+            latency_ms=2**31 - 1,
+            ttft_ms=2**31 - 1,
+            http_status=999,
+            stream=False,
+            cache_hit=True,
+            usage_estimated=False,
+        ),
+        sanitize(  # NUL bytes stripped, lone surrogates replaced, the rest of the unicode kept
+            row(
+                f"{prefix}text",
+                tenant_id="t\x00nul",
+                model="modèle/ünïcode ✓ 🚀 日本語",
+                error_class="bad\ud800surrogate",
+                route="'quoted'; DROP TABLE ledger; --",
+                attempts=(LedgerAttempt("p\x00", "m ✓", "error", "nul \x00 and 🚀", 7, 503, "http"),),
+            )
+        ),
+    ]
+
+
+@pytest.fixture(params=["rowcount", "no-rowcount"])
+def rowcount(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With "no-rowcount" the sink is told nothing of how many rows its INSERT inserted, so every batch
+    takes the slow path: rows just inserted must read back as sent, or they would be stored twice."""
+    if request.param == "no-rowcount":
+        insert = SqlLedgerSink._insert
+
+        def unknown(self: SqlLedgerSink, conn: Any, values: list[dict[str, Any]]) -> int:
+            insert(self, conn, values)
+            return -1  # what a DB-API driver reports when it cannot tell
+
+        monkeypatch.setattr(SqlLedgerSink, "_insert", unknown)
+    return str(request.param)
+
+
+def report_rows(url: str) -> tuple[dict[str, LedgerRow], dict[str, Any]]:
+    """Every row through the reports' `requests` page, and usage totals by key."""
+
+    async def go() -> tuple[Any, Any, Any]:
+        reports = Reports(url)
+        try:
+            page = await reports.requests(Filters(), limit=1000, after=None)
+            big = await reports.usage("key", Filters(key_id="k-big"))
+            others = await reports.usage("key", Filters(key_id="k1"))
+            return page, big, others
+        finally:
+            reports.close()
+
+    page, big, others = run(go())
+    assert not page.has_more
+    rows = {r["request_id"]: LedgerRow.from_json({**r, "ts": r["ts"].isoformat()}) for r in page.rows}
+    return rows, {"k-big": big.total, "k1": others.total}
+
+
+def test_edge_values_round_trip_exactly(ledger_url: str, rowcount: str) -> None:
+    rows = edge_rows("")
+    write(ledger_url, rows[:3], rows[3:])
+    expected = {r.request_id: replace(r, ts=utc(r.ts)) for r in rows}
+    assert stored(ledger_url) == expected  # read back through SQLAlchemy: nothing added, nothing changed
+    got, totals = report_rows(ledger_url)
+    assert got == expected
+    text = expected["text"]
+    assert (text.tenant_id, text.error_class) == ("tnul", "bad?surrogate")
+    assert text.attempts[0].provider == "p" and text.attempts[0].error == "nul  and 🚀"
+    big = expected["big"]
+    assert totals["k-big"].requests == 1
+    assert (totals["k-big"].input_tokens, totals["k-big"].cost_nanos) == (2**63 - 1, 2**62 + 1)
+    assert (totals["k-big"].output_tokens, totals["k-big"].cost_saved_nanos) == (2**53 + 1, 2**53 + 3)
+    assert big.cost_nanos == 2**62 + 1
+    k1 = [r for r in expected.values() if r.key_id == "k1"]
+    assert totals["k1"].requests == len(k1)
+    assert totals["k1"].cost_nanos == sum(r.cost_nanos or 0 for r in k1)
+    assert totals["k1"].cost_unknown_requests == 0
+
+
+def raw_rows(url: str) -> dict[str, str]:
+    """Each row as the database holds it, by request id: SQLite's `quote()` of every column (type and
+    text, so 1 is not '1'), PostgreSQL's text form of the row."""
+    if "postgresql" in url:
+        with psycopg.connect(url) as conn:
+            conn.execute("SET TimeZone TO 'UTC'")
+            found = conn.execute("SELECT request_id, ledger::text FROM ledger").fetchall()
+    else:
+        quoted = " || ',' || ".join(f"quote({c})" for c in LEDGER_COLUMNS)
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+            found = db.execute(f"SELECT request_id, {quoted} FROM ledger").fetchall()
+    return {str(rid): str(text) for rid, text in found}
+
+
+def test_rows_are_stored_as_a_sqlalchemy_core_insert_stores_them(ledger_url: str) -> None:
+    """The sink's own INSERT against the one it replaced, `insert(LEDGER).on_conflict_do_nothing()`
+    executed by SQLAlchemy with a list of dicts: the same bytes in every column."""
+    core = edge_rows("core-")
+    engine = create_engine(engine_url(ledger_url))
+    dialect = postgresql if "postgresql" in ledger_url else sqlite
+    try:
+        with engine.begin() as conn:
+            values = [{**r.to_columns(), "ts": utc(r.ts)} for r in core]
+            conn.execute(dialect.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"]), values)
+    finally:
+        engine.dispose()
+    write(ledger_url, edge_rows("sink-"))
+    raw = raw_rows(ledger_url)
+    assert len(raw) == 2 * len(core)
+    for r in core:
+        name = r.request_id.removeprefix("core-")
+        assert raw[f"sink-{name}"] == raw[r.request_id].replace("core-", "sink-", 1), name
+
+
+def test_a_batch_with_taken_ids_skips_replays_renames_reuses_and_inserts_the_rest(
+    ledger_url: str, rowcount: str
+) -> None:
+    a, b, c = row("a", cost_nanos=1), row("b", cost_nanos=2), row("c", cost_nanos=3)
+    b_again = replace(b, ts=b.ts + timedelta(microseconds=1), cost_nanos=20)  # another request, 1 µs later
+    c_again = replace(c, latency_ms=c.latency_ms + 1, cost_nanos=30)  # another request, as slow + 1 ms
+    a_again = replace(a, key_id="k2", cost_nanos=10)  # another key, in the same batch as a's replay
+    new = edge_rows("new-")
+    write(
+        ledger_url,
+        [a, b, c],
+        [new[0], a, b_again, new[1], c_again, *new[2:], a_again, b_again],
+    )
+    got = stored(ledger_url)
+    assert len(got) == 3 + 3 + len(new)
+    assert (got["a"], got["b"], got["c"]) == (a, b, c)  # the first request under an id keeps it
+    for r in new:
+        assert got[r.request_id] == replace(r, ts=utc(r.ts))
+    renamed = {r.cost_nanos: r for rid, r in got.items() if "~" in rid}
+    assert set(renamed) == {10, 20, 30}
+    for again in (a_again, b_again, c_again):
+        kept = renamed[again.cost_nanos]
+        assert kept.request_id.startswith(f"{again.request_id}~") and len(kept.request_id) == 22
+        assert kept == replace(again, request_id=kept.request_id)
+
+    # A replay of both batches, all ids taken (rowcount 0): nothing changes.
+    write(ledger_url, [a_again, c_again, *new, b_again, a, b, c])
+    assert stored(ledger_url) == got
+
+
+def test_a_batch_of_new_ids_is_one_insert_and_nothing_else(ledger_url: str) -> None:
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        statements.append(("executemany " if executemany else "") + statement.split(" (")[0])
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        write(ledger_url, [row(f"n{i}") for i in range(64)])
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    expected = ["executemany INSERT INTO ledger"]
+    if "postgresql" in ledger_url:
+        expected.insert(0, "SET LOCAL statement_timeout = 5000")
+    assert statements == expected  # no SELECT, no RETURNING
+    assert sorted(stored(ledger_url)) == sorted(f"n{i}" for i in range(64))
 
 
 def test_a_poison_row_refuses_its_batch_as_data(ledger_url: str) -> None:

@@ -14,6 +14,16 @@ key) is not a duplicate: it is stored as `<id>~<20 hex of a hash>`, never droppe
 ServiceUnavailableError (the ledger spools the batch); a refused value raises RowRefusedError, a
 ValueError (the ledger retries row by row to isolate it). See `_ledger_db.py` for the time limits.
 
+The INSERT is compiled once, as SQLAlchemy compiles it for the engine's dialect (PostgreSQL's casts
+included), and a batch is one driver-level `executemany` of plain tuples, the values passed through the
+bind processors SQLAlchemy itself would apply (SQLite's DATETIME text, booleans), so the rows stored are
+exactly those a Core insert stores, without its per-row compile and bind work. No RETURNING: when the
+driver's rowcount (summed over the batch by sqlite3 and psycopg 3) is the number of rows sent, every row
+was new. Otherwise some ids were taken, and the identity columns stored under the batch's ids tell a
+replay (stored the same: skipped) from another request (stored differently: renamed). That relies on a
+row inserted in this transaction reading back as sent, which holds for rows `sanitize` passed (the
+ledger sanitises every row): strings, integers and aware datetimes round-trip exactly on both backends.
+
 The schema comes from the Alembic migrations the key store runs at start (`SqlStore.upgrade`);
 `upgrade()` here is for a sink used on its own (tests, an in-memory database).
 """
@@ -21,11 +31,13 @@ The schema comes from the Alembic migrations the key store runs at start (`SqlSt
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Insert, func, select
+from sqlalchemy import Connection, Dialect, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ai_gateway.policy.budgets import BudgetScope, window_for
@@ -69,14 +81,37 @@ def _distinct_id(values: Mapping[str, Any]) -> str:
     return f"{values['request_id'][:107]}~{digest}"
 
 
+def _driver_insert(dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    """`INSERT ... ON CONFLICT (request_id) DO NOTHING` of every column as SQLAlchemy compiles it for
+    `dialect`, with positional placeholders, and the columns they stand for, in order."""
+    insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    statement = insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
+    compiled = statement.compile(dialect=dialect, column_keys=list(LEDGER.c.keys()))
+    if compiled.positional and compiled.positiontup is not None:  # sqlite3: qmark
+        return compiled.string, tuple(compiled.positiontup)
+    if dialect.paramstyle == "pyformat":  # psycopg: %(name)s, whose tuple form is %s
+        placeholder = re.compile(r"%\((\w+)\)s")
+        return placeholder.sub("%s", compiled.string), tuple(placeholder.findall(compiled.string))
+    raise ValueError(f"the ledger does not support the {dialect.driver} driver's paramstyle")
+
+
 class SqlLedgerSink:
     def __init__(self, url: str) -> None:
         self._sqlite_file = sqlite_file(url)
         with mapped("connecting"):
             self._engine = ledger_engine(url, connections=_THREADS)
+        dialect = self._engine.dialect
+        self._insert_sql, columns = _driver_insert(dialect)
+        self._columns = itemgetter(*columns)
+        # SQLAlchemy's own bind processors for the columns that have one, by position in a tuple.
+        processors = (
+            (i, LEDGER.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for i, name in enumerate(columns)
+        )
+        self._processors: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (i, p) for i, p in processors if p is not None
+        )
         self._worker = Worker("ledger-sql", _THREADS)
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        self._insert: Insert = dialect.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
 
     def upgrade(self) -> None:
         with mapped("migrating the schema"):
@@ -104,12 +139,13 @@ class SqlLedgerSink:
     def _write(self, values: list[dict[str, Any]], others: list[dict[str, Any]]) -> None:
         with mapped("writing ledger rows"), self._engine.begin() as conn:
             statement_timeout(conn, _WRITE_TIMEOUT_S)
-            written = set(conn.execute(self._insert.returning(LEDGER.c.request_id), values).scalars())
+            inserted = self._insert(conn, values)
+            if inserted == len(values) and not others:
+                return  # every id was new: the common case
             # An id already taken: a replay of the same request (skipped), or another request that reused
             # the client's `x-request-id`, which is stored under an id of its own instead of being lost.
-            pending = [v for v in values if v["request_id"] not in written] + others
-            if not pending:
-                return
+            # Rows just inserted read back as sent, so they compare equal and are skipped too.
+            pending = others if inserted == len(values) else values + others
             query = select(*_IDENTITY).where(
                 LEDGER.c.request_id.in_(sorted({v["request_id"] for v in pending}))
             )
@@ -121,7 +157,22 @@ class SqlLedgerSink:
                     rid = _distinct_id(v)
                     renamed.setdefault(rid, {**v, "request_id": rid})
             if renamed:
-                conn.execute(self._insert, list(renamed.values()))
+                self._insert(conn, list(renamed.values()))
+
+    def _insert(self, conn: Connection, values: list[dict[str, Any]]) -> int:
+        """One executemany of the compiled INSERT; the number of rows inserted (ids not taken yet), or -1
+        if the driver cannot tell."""
+        columns, processors = self._columns, self._processors
+        params: list[tuple[Any, ...]] = []
+        for v in values:
+            row = columns(v)
+            if processors:
+                cells = list(row)
+                for i, process in processors:
+                    cells[i] = process(cells[i])
+                row = tuple(cells)
+            params.append(row)
+        return conn.exec_driver_sql(self._insert_sql, params).rowcount
 
     async def seed_spent(self, scope: BudgetScope, window_start: datetime) -> int:
         """The budgets' SeedFn: nano-dollars spent by `key:<id>` or `tenant:<id>` in the calendar window

@@ -3,7 +3,8 @@ the scripted fake provider, so only our own code (parse, policy, render, account
 
 Usage: python bench/micro.py [--requests 20000]
 Prints CPU microseconds per request (all threads, so the SQLite ledger writes count) for open mode
-with the cache off, and with the cache on, missing and hitting.
+with the cache off, and with the cache on, missing and hitting; and for scenario (a)'s policy: a
+tenant key with RPM and TPM limits on both key and tenant, the cache on and missing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ cache: {enabled: %s}
 """
 
 
-async def drive(app: Any, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+async def drive(
+    app: Any, body: bytes, headers: list[tuple[bytes, bytes]], path: str = "/v1/chat/completions"
+) -> tuple[int, bytes]:
     sent: list[dict[str, Any]] = []
     delivered = False
 
@@ -48,13 +51,23 @@ async def drive(app: Any, body: bytes, headers: list[tuple[bytes, bytes]]) -> in
     scope = {
         "type": "http",
         "method": "POST",
-        "path": "/v1/chat/completions",
+        "path": path,
         "query_string": b"",
         "headers": [(b"content-type", b"application/json"), *headers],
         "client": ("127.0.0.1", 5000),
     }
     await app(scope, receive, send)
-    return int(sent[0]["status"])
+    return int(sent[0]["status"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def tenant_key(app: Any, master: str) -> list[tuple[bytes, bytes]]:
+    """A tenant and a key, both with RPM and TPM limits (as `make bench` scenario (a)): its headers."""
+    auth = [(b"authorization", f"Bearer {master}".encode())]
+    limits = {"rpm": 100_000_000, "tpm": 1_000_000_000}
+    _, out = await drive(app, orjson.dumps({"name": "micro", **limits}), auth, "/admin/tenants")
+    spec = {"name": "micro", "tenant": orjson.loads(out)["id"], "scopes": ["chat"], **limits}
+    _, out = await drive(app, orjson.dumps(spec), auth, "/admin/keys")
+    return [(b"authorization", f"Bearer {orjson.loads(out)['key']}".encode())]
 
 
 async def lifespan(app: Any, kind: str) -> None:
@@ -71,14 +84,16 @@ async def lifespan(app: Any, kind: str) -> None:
         await app({"type": "lifespan"}, receive, send)
 
 
-async def scenario(name: str, cache: bool, unique: bool, n: int) -> tuple[str, float]:
+async def scenario(name: str, cache: bool, unique: bool, n: int, keyed: bool = False) -> tuple[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "gw.yaml"
         cfg.write_text(CONFIG % ("true" if cache else "false"))
         env = {"AIGW_DATABASE_URL": f"sqlite:///{tmp}/micro.db", "AIGW_CONFIG": str(cfg)}
+        if keyed:
+            env["AIGW_MASTER_KEY"] = "sk-micro-master-0123456789abcdef"
         app = create_app(load_settings(env=env))
         await lifespan(app, "startup")
-        headers: list[tuple[bytes, bytes]] = []
+        headers = await tenant_key(app, env["AIGW_MASTER_KEY"]) if keyed else []
         bodies = [
             orjson.dumps(
                 {
@@ -94,7 +109,7 @@ async def scenario(name: str, cache: bool, unique: bool, n: int) -> tuple[str, f
         gc.collect()
         started = time.process_time()
         for b in bodies:
-            status = await drive(app, b, headers)
+            status, _ = await drive(app, b, headers)
             assert status == 200, status
         used = time.process_time() - started
         await lifespan(app, "shutdown")
@@ -106,6 +121,7 @@ async def main(n: int) -> None:
         await scenario("open mode, cache off", False, True, n),
         await scenario("open mode, cache on, miss", True, True, n),
         await scenario("open mode, cache on, hit", True, False, n),
+        await scenario("tenant key with RPM+TPM limits, cache on, miss", True, True, n, keyed=True),
     ]
     print(json.dumps(dict(rows), indent=1))
 

@@ -22,8 +22,8 @@
     BackendUnavailableError           a shared store (Redis) did not answer; never shown as is: the
                                       limiter applies `limits.on_backend_error`, the cache misses.
 
-Foreign errors (aiohttp, JSON decoding) become ProviderError in exactly one place per provider
-(`providers/_http.py`); SQLAlchemy errors become ServiceUnavailableError or ConflictError in
+Foreign errors (the transport's OSErrors, malformed HTTP, JSON decoding) become ProviderError in
+exactly one place (`providers/_http.py`); SQLAlchemy errors become ServiceUnavailableError or ConflictError in
 `stores/sql.py` (keys, tenants), and ServiceUnavailableError or `RowRefusedError` (a ValueError: the
 database refused a value) in `stores/_ledger_db.py` (the ledger and its reports); redis errors are
 absorbed (logged, then retried) in `stores/revocations.py` and become BackendUnavailableError in

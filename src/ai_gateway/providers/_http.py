@@ -1,8 +1,8 @@
-"""The upstream HTTP client: one pooled aiohttp session, four clocks, and the single place where
-foreign transport errors become `ProviderError`.
+"""The upstream HTTP client: pooled keep-alive connections (`_h1.py`), four clocks, and the single place
+where transport errors become `ProviderError`.
 
 Clocks, per attempt (see research/reliability.md A5):
-- connect: TCP/TLS connect (aiohttp `sock_connect`);
+- connect: TCP/TLS connect;
 - first byte: from sending the request until the response headers arrive;
 - idle: the longest silence allowed between two reads of the body (streams: between chunks);
 - deadline: the request's overall deadline (absolute, `loop.time()` based), shared by every retry and
@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 
 from ai_gateway.errors import ProviderError, scrub
+from ai_gateway.providers._h1 import BadResponse, Connection, H1Pool, Headers, encode_request, split_url
 from ai_gateway.settings import Timeouts
 
 __all__ = ["HttpClient", "Sse", "UpstreamResponse", "parse_retry_after"]
@@ -56,36 +55,37 @@ def parse_retry_after(value: str | None) -> float | None:
 class UpstreamResponse:
     """A response whose headers have arrived; the body is read under the idle clock and the deadline."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, timeouts: Timeouts, deadline: float, label: str):
-        self._resp = resp
+    def __init__(
+        self, conn: Connection, pool: H1Pool, timeouts: Timeouts, deadline: float, label: str
+    ) -> None:
+        self._conn = conn
+        self._pool = pool
         self._timeouts = timeouts
         self._deadline = deadline
         self._label = label
-        self.status = resp.status
-        self.headers = resp.headers
+        self.status = conn.status
+        self.headers: Headers = conn.headers
 
     def _read_deadline(self) -> float:
         return min(asyncio.get_running_loop().time() + self._timeouts.idle, self._deadline)
 
     async def read(self) -> bytes:
-        declared = self._resp.content_length
-        if declared is not None and declared <= MAX_BODY_BYTES:
-            # The common case: a sized body within the cap, read in one call (aiohttp's fast path).
-            with _mapped(self._label, "reading the response body"):
-                async with asyncio.timeout_at(self._read_deadline()):
-                    return await self._resp.read()
+        conn = self._conn
+        chunks: list[bytes] = []
+        size = 0
         with _mapped(self._label, "reading the response body"):
-            async with asyncio.timeout_at(self._read_deadline()):
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in self._resp.content.iter_any():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise ProviderError(
-                            "bad_response", f"{self._label}: response larger than {MAX_BODY_BYTES} bytes"
-                        )
-                    chunks.append(chunk)
-        return b"".join(chunks)
+            while True:
+                async with asyncio.timeout_at(self._read_deadline()):
+                    chunk = await conn.read_chunk()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ProviderError(
+                        "bad_response", f"{self._label}: response larger than {MAX_BODY_BYTES} bytes"
+                    )
+                chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def json(self) -> Any:
         body = await self.read()
@@ -96,7 +96,7 @@ class UpstreamResponse:
 
     async def lines(self) -> AsyncIterator[bytes]:
         """Body lines without their line ending, each read under the idle clock."""
-        content = self._resp.content
+        conn = self._conn
         loop = asyncio.get_running_loop()
         idle = self._timeouts.idle
         pending = b""
@@ -105,7 +105,7 @@ class UpstreamResponse:
         with _mapped(self._label, "reading the stream"):
             while True:
                 async with asyncio.timeout_at(min(loop.time() + idle, self._deadline)):
-                    chunk = await content.readany()
+                    chunk = await conn.read_chunk()
                 if not chunk:
                     if pending:
                         # The connection ended in the middle of a line: the upstream was cut off.
@@ -143,15 +143,16 @@ class UpstreamResponse:
             yield Sse(event, "\n".join(data))
 
     def release(self) -> None:
-        self._resp.release()
+        """Done with the response: a connection read to the end goes back to the pool, else it closes."""
+        self._pool.release(self._conn)
 
     def close(self) -> None:
         """Abort the connection (used when the client went away mid-stream)."""
-        self._resp.close()
+        self._conn.abort()
 
 
 class _mapped:
-    """Context manager mapping aiohttp/asyncio errors to ProviderError, the one place this happens."""
+    """Context manager mapping transport errors to ProviderError, the one place this happens."""
 
     __slots__ = ("label", "what")
 
@@ -169,42 +170,29 @@ class _mapped:
             return False
         if isinstance(exc, TimeoutError):
             raise ProviderError("timeout", f"{self.label}: timed out {self.what}") from exc
-        if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        if isinstance(exc, ConnectionRefusedError | _ConnectFailed):
             raise ProviderError("connect", f"{self.label}: could not connect") from exc
-        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionError):
+        if isinstance(exc, ConnectionError):
             raise ProviderError("reset", f"{self.label}: connection lost {self.what}") from exc
-        if isinstance(exc, aiohttp.ClientResponseError | ValueError):
+        if isinstance(exc, BadResponse):
             raise ProviderError("bad_response", f"{self.label}: malformed response {self.what}") from exc
-        if isinstance(exc, aiohttp.ClientError | OSError):
+        if isinstance(exc, OSError):
             raise ProviderError("connect", f"{self.label}: transport error {self.what}") from exc
         return False
 
 
+class _ConnectFailed(Exception):
+    """No connection could be opened (name resolution, refused, unreachable, TLS handshake)."""
+
+
 class HttpClient:
-    """Owns the pooled session. Created once per app, inside the running loop."""
+    """Owns the connection pool. Created once per app; connections open inside the running loop."""
 
-    def __init__(self, limit: int = 1000) -> None:
-        self._limit = limit
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=True,
-                read_bufsize=2**16,
-                max_line_size=MAX_LINE_BYTES,
-                max_field_size=65536,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+    def __init__(self, keepalive_s: float = 30.0) -> None:
+        self._pool = H1Pool(keepalive_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
 
     async def post(
         self,
@@ -216,38 +204,57 @@ class HttpClient:
         label: str,
     ) -> UpstreamResponse:
         """POST JSON; return once the response headers are in (under the connect and first-byte clocks)."""
-        loop = asyncio.get_running_loop()
         body = orjson.dumps(payload)
-        hdrs = {"Content-Type": "application/json", **headers}
-        timeout = _client_timeout(timeouts.connect)
-        with _mapped(label, "waiting for the first byte"):
-            if loop.time() >= deadline:
-                raise ProviderError("timeout", f"{label}: deadline passed before the call")
-            async with asyncio.timeout_at(min(loop.time() + timeouts.first_byte, deadline)):
-                resp = await self.session.post(
-                    url, data=body, headers=hdrs, timeout=timeout, allow_redirects=False
-                )
-        return UpstreamResponse(resp, timeouts, deadline, label)
+        return await self._call(
+            "POST", url, {"content-type": "application/json", **headers}, body, timeouts, deadline, label
+        )
 
     async def get_json(
         self, url: str, headers: Mapping[str, str], timeouts: Timeouts, deadline: float, label: str
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=None)
         with _mapped(label, "listing models"):
-            async with asyncio.timeout_at(min(loop.time() + timeouts.first_byte, deadline)):
-                resp = await self.session.get(url, headers=headers, timeout=timeout, allow_redirects=False)
-        up = UpstreamResponse(resp, timeouts, deadline, label)
+            up = await self._call("GET", url, headers, None, timeouts, deadline, label)
         if up.status >= 400:
             up.release()
             raise ProviderError("status", f"{label}: HTTP {up.status} listing models", status=up.status)
-        return await up.json()
+        try:
+            return await up.json()
+        finally:
+            up.release()
 
-
-@functools.lru_cache(maxsize=64)
-def _client_timeout(connect_s: float) -> aiohttp.ClientTimeout:
-    """aiohttp's own clock covers only the connect; the others are ours (asyncio.timeout_at)."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=None)
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+        deadline: float,
+        label: str,
+    ) -> UpstreamResponse:
+        loop = asyncio.get_running_loop()
+        with _mapped(label, "waiting for the first byte"):
+            if loop.time() >= deadline:
+                raise ProviderError("timeout", f"{label}: deadline passed before the call")
+            try:
+                origin, target = split_url(url)
+                request = encode_request(method, origin, target, headers, body)
+            except ValueError as exc:
+                raise ProviderError("connect", f"{label}: {exc}") from None
+            async with asyncio.timeout_at(min(loop.time() + timeouts.first_byte, deadline)):
+                try:
+                    conn = await self._pool.acquire(origin, timeouts.connect)
+                except (ConnectionRefusedError, TimeoutError):
+                    raise
+                except OSError as exc:
+                    raise _ConnectFailed(type(exc).__name__) from exc
+                try:
+                    conn.send(request)
+                    await conn.response_headers()
+                except BaseException:
+                    conn.abort()  # half a request or half a response: the connection is spent
+                    raise
+        return UpstreamResponse(conn, self._pool, timeouts, deadline, label)
 
 
 def error_message_from(body: bytes) -> str | None:

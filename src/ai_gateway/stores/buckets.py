@@ -51,7 +51,7 @@ class Bucket:
             raise ValueError(f"bucket {self.key}: capacity and per_minute must be within 1..{MAX_LIMIT}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x, and one is made per bucket per request
 class BucketState:
     """A bucket as the decision left it, in the units clients see."""
 
@@ -61,7 +61,7 @@ class BucketState:
     retry_s: float | None  # until it could pay this decision's cost; 0 if it can now, None if never
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as BucketState
 class Decision:
     admitted: bool
     states: tuple[BucketState, ...]  # one per bucket, in the order given

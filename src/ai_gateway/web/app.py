@@ -44,7 +44,6 @@ from ai_gateway.stores.reports import Reports
 from ai_gateway.stores.revocations import RedisRevocations
 from ai_gateway.stores.sql import SqlStore
 from ai_gateway.web._asgi import ClientGone, Message, Receive, Request, Scope, Send, json_bytes
-from ai_gateway.web.admin import REQUEST_ID, create_admin_app
 from ai_gateway.web.calls import ACCOUNTED, OPENAI, SIMPLE, handle_call
 from ai_gateway.web.messages import ANTHROPIC, handle_count_tokens, is_messages_path
 from ai_gateway.web.usage import UsageEndpoint
@@ -54,6 +53,7 @@ __all__ = ["GatewayApp", "create_app", "preflight"]
 log = logging.getLogger("ai_gateway")
 
 Handler = Callable[[Request, Send], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _MODELS_TTL_S = 60.0
 _READY_DB_TIMEOUT_S = 2.0
 _ADMIN_PATHS = ("/docs", "/openapi.json")
@@ -90,7 +90,7 @@ class GatewayApp:
         self.services, self._redis, self._sink = _build_services(settings, self.store)
         self.pipeline = Pipeline(settings, build_providers(settings, self.http), self.services)
         self.reports = Reports(settings.database_url)  # connects on first use
-        self.admin = create_admin_app(self.store, self.auth, self.reports)
+        self._admin_app: ASGIApp | None = None  # built on the first admin call (the `admin` property)
         self.draining = False
         self._models_at = -_MODELS_TTL_S
         self._routes: dict[str, dict[str, Handler]] = {
@@ -198,6 +198,8 @@ class GatewayApp:
 
     # --- handlers -----------------------------------------------------------------------------------
     async def _admin(self, req: Request, send: Send) -> None:
+        from ai_gateway.web.admin import REQUEST_ID
+
         req.scope[REQUEST_ID] = req.request_id
         # `curl -d` labels JSON as a form; like the model endpoints, the admin API reads bodies as JSON.
         # (No CSRF angle: the key travels in a header, which no browser adds cross-site.)
@@ -213,6 +215,16 @@ class GatewayApp:
             await send(message)
 
         await self.admin(req.scope, req.receive, send_with_headers)
+
+    @property
+    def admin(self) -> ASGIApp:
+        """The admin API (FastAPI, web/admin.py), imported and built when first called: it is most of
+        the start-up time and ~10 MB that the model endpoints never use."""
+        if self._admin_app is None:
+            from ai_gateway.web.admin import create_admin_app
+
+            self._admin_app = create_admin_app(self.store, self.auth, self.reports)
+        return self._admin_app
 
     async def _chat_completions(self, req: Request, send: Send) -> None:
         await handle_call(OPENAI, req, send, self.pipeline, self.settings.server)

@@ -16,8 +16,7 @@ leaves it alone (policy/_guard.py), and a dead one fails at once (connection ref
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -35,22 +34,43 @@ def connect(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> RespClient:
     return RespClient(url, timeout_s)
 
 
-@asynccontextmanager
-async def redis_errors(what: str, timeout_s: float) -> AsyncIterator[None]:
+class redis_errors:  # lower case: used like the function it was, `async with redis_errors(...)`
     """Bound the block by `timeout_s` and turn any redis failure into BackendUnavailableError.
 
-    The timeout covers the pool, the connect and the reply together, so a request never waits longer.
-    A ResponseError is Redis refusing one command (WRONGTYPE at a key, OOM), not Redis being gone.
+    The timeout covers the connect and the reply together, so a request never waits longer. A
+    ResponseError is Redis refusing one command (WRONGTYPE at a key, OOM), not Redis being gone.
+    A class, not an @asynccontextmanager: it wraps every Redis call, several per request.
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            yield
-    except TimeoutError as exc:
-        raise BackendUnavailableError(f"redis {what}: no answer within {timeout_s * 1000:g} ms") from exc
-    except ResponseError as exc:
-        transient = str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY"))
-        # The reply's first word names the error (WRONGTYPE, OOM, ...); nothing else of it is kept.
-        kind = str(exc).split(" ", 1)[0] or type(exc).__name__
-        raise BackendUnavailableError(f"redis {what}: {kind}", transient=transient) from exc
-    except (RedisError, OSError) as exc:
-        raise BackendUnavailableError(f"redis {what}: {type(exc).__name__}") from exc
+
+    __slots__ = ("_timeout", "timeout_s", "what")
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what = what
+        self.timeout_s = timeout_s
+        self._timeout = asyncio.timeout(timeout_s)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)  # our deadline's cancel becomes TimeoutError
+        except TimeoutError as timeout:
+            raise BackendUnavailableError(self._late()) from timeout
+        if exc is None:
+            return False
+        if isinstance(exc, TimeoutError):
+            raise BackendUnavailableError(self._late()) from exc
+        if isinstance(exc, ResponseError):
+            transient = str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY"))
+            # The reply's first word names the error (WRONGTYPE, OOM, ...); nothing else of it is kept.
+            kind = str(exc).split(" ", 1)[0] or type(exc).__name__
+            raise BackendUnavailableError(f"redis {self.what}: {kind}", transient=transient) from exc
+        if isinstance(exc, RedisError | OSError):
+            raise BackendUnavailableError(f"redis {self.what}: {type(exc).__name__}") from exc
+        return False
+
+    def _late(self) -> str:
+        return f"redis {self.what}: no answer within {self.timeout_s * 1000:g} ms"

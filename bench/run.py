@@ -37,6 +37,11 @@ GATEWAY_CORE, LOAD_CORE = "0", "1"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 Row = tuple[str, str, str, str, str, str, str]
+# The issue's targets were set on a machine where the bare Starlette + aiohttp pass-through ran ~4,000
+# req/s. This VM's speed varies from day to day (the same floor has measured 2,300 and 8,000), so each
+# throughput and latency target is also judged scaled by this run's own floor: target x floor / 4,000
+# (latencies: target x 4,000 / floor). Both verdicts are printed; RSS is not scaled.
+REFERENCE_FLOOR = 4000.0
 
 
 def free_port() -> int:
@@ -190,7 +195,7 @@ def row(
     rate = f"{r['events_per_s']:.0f} chunks/s" if chunks else f"{r['rps']:.0f}"
     if r.get("errors"):
         rate += f" ({r['errors']:.0f} errors)"
-    verdict = "" if met is None else ("met" if met else "MISSED")
+    verdict = "" if met is None else _v(met)
     return (
         name,
         rate,
@@ -200,6 +205,27 @@ def row(
         ratio,
         f"{target} {verdict}".strip(),
     )
+
+
+class Targets:
+    """Verdicts against the issue's targets, as set and scaled to this run's bare floor."""
+
+    def __init__(self, floor_rps: float) -> None:
+        self.speed = floor_rps / REFERENCE_FLOOR
+
+    def at_least(self, value: float, target: float, unit: str = "") -> tuple[str, bool]:
+        scaled = target * self.speed
+        ok, ok_scaled = value >= target, value >= scaled
+        return (f">={target:,.0f}{unit} {_v(ok)}; scaled >={scaled:,.0f} {_v(ok_scaled)}", ok_scaled)
+
+    def at_most(self, value: float, target: float, unit: str) -> tuple[str, bool]:
+        scaled = target / self.speed
+        ok, ok_scaled = value <= target, value <= scaled
+        return (f"<={target:g}{unit} {_v(ok)}; scaled <={scaled:.2f}{unit} {_v(ok_scaled)}", ok_scaled)
+
+
+def _v(ok: bool) -> str:
+    return "met" if ok else "MISSED"
 
 
 def print_table(rows: list[Row]) -> None:
@@ -287,6 +313,7 @@ def main() -> None:
         "messages": [{"role": "user", "content": words + " {n}"}],
     }
     shared_db: str | None = None
+    floor_note = ""
     try:
         mock = procs.start(
             pinned(LOAD_CORE, [PY, "-m", "ai_gateway.testing.mock_upstream", "--port", "0"]),
@@ -315,47 +342,44 @@ def main() -> None:
             rows.append(
                 row("bare pass-through, stream 100 chunks", bare_c, rss_mb(bare.pid), "", None, chunks=True)
             )
+
+        targets = Targets(bare_a["rps"])
+        if "e" in only:
+            bare_e = load(bare_port, {**unique_body, "model": "gpt-4o-mini"}, secs / 2, 1, unique=True)
         procs.stop(bare)
+        floor_note = (
+            f"bare floor {bare_a['rps']:,.0f} req/s = {targets.speed:.2f} x the issue's reference "
+            f"{REFERENCE_FLOOR:,.0f} req/s: 'scaled' targets are the issue's x {targets.speed:.2f} "
+            "(latencies / it)"
+        )
 
         gw = Gateway(procs, env, "embedded")
         if "a" in only:
             a = load(gw.port, unique_body, secs, conns, gw.auth, unique=True)
             ratio = a["rps"] / bare_a["rps"]
-            met = a["rps"] >= 3000 and ratio >= 0.65
+            text, _ = targets.at_least(a["rps"], 3000)
             rows.append(
                 row(
                     "(a) full policy, non-stream, cache miss",
                     a,
                     gw.rss(),
-                    ">=3000 & >=0.65x",
-                    met,
+                    f"{text}; >=0.65x {_v(ratio >= 0.65)}",
+                    None,
                     f"{ratio:.2f}x",
                 )
             )
         if "b" in only:
             b = load(gw.port, same_body, secs, conns, gw.auth)
+            text, _ = targets.at_least(b["rps"], 6000)
             rows.append(
-                row(
-                    "(b) full policy, cache hit",
-                    b,
-                    gw.rss(),
-                    ">=6000",
-                    b["rps"] >= 6000,
-                    f"{b['rps'] / bare_a['rps']:.2f}x",
-                )
+                row("(b) full policy, cache hit", b, gw.rss(), text, None, f"{b['rps'] / bare_a['rps']:.2f}x")
             )
         if "c" in only:
             c = load(gw.port, stream_body, secs, conns, gw.auth, unique=True)
-            rows.append(
-                row(
-                    "(c) full policy, stream 100 chunks",
-                    c,
-                    gw.rss(),
-                    ">=40000 chunks/s",
-                    c["events_per_s"] >= 40000,
-                    chunks=True,
-                )
-            )
+            text, _ = targets.at_least(c["events_per_s"], 40000, " chunks/s")
+            ratio = c["events_per_s"] / bare_c["events_per_s"]
+            name = "(c) full policy, stream 100 chunks"
+            rows.append(row(name, c, gw.rss(), text, None, f"{ratio:.2f}x", chunks=True))
         if "e" in only:
             direct = load(
                 mock_port,
@@ -367,25 +391,26 @@ def main() -> None:
             )
             via = load(gw.port, unique_body, secs / 2, 1, gw.auth, unique=True)
             rows.append(row("(e) direct to upstream, 1 conn", direct, float("nan"), "", None))
+            rows.append(row("(e) bare pass-through, 1 conn", bare_e, float("nan"), "", None))
             rows.append(row("(e) gateway, 1 conn", via, gw.rss(), "", None))
             p50, p99 = via["p50_ms"] - direct["p50_ms"], via["p99_ms"] - direct["p99_ms"]
-            verdict = "met" if p50 <= 0.3 and p99 <= 1.5 else "MISSED"
+            bare_p50 = bare_e["p50_ms"] - direct["p50_ms"]
+            p50_text, _ = targets.at_most(p50, 0.3, " ms")
+            p99_text, _ = targets.at_most(p99, 1.5, " ms")
             rows.append(
                 (
-                    "(e) added latency",
+                    "(e) added latency (bare adds)",
                     "",
-                    f"{p50:.2f}",
+                    f"{p50:.2f} ({bare_p50:.2f})",
                     f"{p99:.2f}",
                     "",
                     "",
-                    f"p50<=0.3 & p99<=1.5 {verdict}",
+                    f"p50 {p50_text}; p99 {p99_text}",
                 )
             )
         if "f" in only:
-            verdict = "met" if gw.cold_start_s <= 1.5 else "MISSED"
-            rows.append(
-                ("(f) cold start to ready", f"{gw.cold_start_s:.2f} s", "", "", "", "", f"<=1.5 s {verdict}")
-            )
+            text, _ = targets.at_most(gw.cold_start_s, 1.5, " s")
+            rows.append(("(f) cold start to ready", f"{gw.cold_start_s:.2f} s", "", "", "", "", text))
         if "g" in only:
             warm = load(gw.port, unique_body, min(30.0, args.soak_seconds / 5), 16, gw.auth, unique=True)
             rss_warm = gw.rss()
@@ -412,16 +437,10 @@ def main() -> None:
                 shared_env, shared_db = shared
                 gd = Gateway(procs, shared_env, "shared")
                 d = load(gd.port, unique_body, secs, conns, gd.auth, unique=True)
-                rows.append(
-                    row(
-                        "(d) shared mode (Redis + PostgreSQL)",
-                        d,
-                        gd.rss(),
-                        ">=2000",
-                        d["rps"] >= 2000,
-                        f"{d['rps'] / bare_a['rps']:.2f}x",
-                    )
-                )
+                text, _ = targets.at_least(d["rps"], 2000)
+                ratio = d["rps"] / bare_a["rps"]
+                name = "(d) shared mode (Redis + PostgreSQL)"
+                rows.append(row(name, d, gd.rss(), text, None, f"{ratio:.2f}x"))
                 procs.stop(gd.proc)
     finally:
         procs.stop_all()
@@ -429,6 +448,8 @@ def main() -> None:
             drop_shared(shared_db)
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(rows)
+    if floor_note:
+        print(floor_note)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ Scenarios (issue 7):
   (a) non-stream, full policy: key auth, RPM+TPM limits, ledger on SQLite, cache on but missing
   (b) cache hit                (c) streaming, 100 chunks per answer
   (d) shared mode: Redis limits and cache, PostgreSQL ledger and keys
-  (e) concurrency 1: added latency, gateway vs direct to the upstream
+  (e) concurrency 1: added latency, gateway (and the bare proxy) vs direct to the upstream
   (f) cold start to ready      (g) soak: RSS growth after warm-up
+
+Each throughput and latency target is judged as the issue sets it and scaled to this run's bare floor
+(REFERENCE_FLOOR below): this shared VM's speed varies several-fold from day to day.
 
 Usage: python bench/run.py [--seconds 10] [--conns 32] [--soak-seconds 300] [--only a,b,c,d,e,f,g]
 """

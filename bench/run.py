@@ -13,7 +13,8 @@ Scenarios (issue 7):
 Each throughput and latency target is judged as the issue sets it and scaled to this run's bare floor
 (REFERENCE_FLOOR below): this shared VM's speed varies several-fold from day to day.
 
-Usage: python bench/run.py [--seconds 10] [--conns 32] [--soak-seconds 300] [--only a,b,c,d,e,f,g]
+Usage: python bench/run.py [--seconds 10] [--rounds 3] [--conns 32] [--soak-seconds 300]
+                           [--only a,b,c,d,e,f,g]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -287,9 +289,34 @@ def drop_shared(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def median_of(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {k: float(statistics.median(r[k] for r in results)) for k in results[0]}
+
+
+class Rounds:
+    """Scenarios measured in alternation with the bare floor, round after round: this VM's speed
+    drifts within minutes, so a ratio is only fair between runs made close together. Reports the
+    median of each number, and the median of the per-round ratios."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[dict[str, float]]] = {}
+
+    def add(self, name: str, result: dict[str, float]) -> dict[str, float]:
+        self.runs.setdefault(name, []).append(result)
+        return result
+
+    def median(self, name: str) -> dict[str, float]:
+        return median_of(self.runs[name])
+
+    def ratio(self, name: str, floor: str, key: str = "rps") -> float:
+        pairs = zip(self.runs[name], self.runs[floor], strict=True)
+        return statistics.median(r[key] / f[key] for r, f in pairs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--seconds", type=float, default=10, help="per scenario, split over the rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of each scenario with the floor")
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--soak-seconds", type=float, default=300)
     ap.add_argument("--only", default="a,b,c,d,e,f,g")
@@ -298,7 +325,8 @@ def main() -> None:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
     rows: list[Row] = []
-    secs, conns = args.seconds, args.conns
+    rounds, conns = max(1, args.rounds), args.conns
+    secs = max(2.0, args.seconds / rounds)
     unique_body = {
         "model": "openai/gpt-4o-mini",
         "messages": [{"role": "user", "content": "hello bench {n}"}],
@@ -315,8 +343,11 @@ def main() -> None:
         "stream": True,
         "messages": [{"role": "user", "content": words + " {n}"}],
     }
+    bare_body = {**unique_body, "model": "gpt-4o-mini"}
+    bare_stream = {**stream_body, "model": "gpt-4o-mini"}
     shared_db: str | None = None
     floor_note = ""
+    m = Rounds()
     try:
         mock = procs.start(
             pinned(LOAD_CORE, [PY, "-m", "ai_gateway.testing.mock_upstream", "--port", "0"]),
@@ -338,66 +369,63 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        bare_a = load(bare_port, {**unique_body, "model": "gpt-4o-mini"}, secs, conns, unique=True)
-        rows.append(row("bare pass-through, non-stream", bare_a, rss_mb(bare.pid), "", None))
-        if "c" in only:
-            bare_c = load(bare_port, {**stream_body, "model": "gpt-4o-mini"}, secs, conns, unique=True)
-            rows.append(
-                row("bare pass-through, stream 100 chunks", bare_c, rss_mb(bare.pid), "", None, chunks=True)
-            )
+        gw = Gateway(procs, env, "embedded")  # the bare proxy is idle meanwhile: a cold start alone
+        direct_auth = ["Authorization: Bearer sk-bench"]
+        for _ in range(rounds):
+            m.add("bare", load(bare_port, bare_body, secs, conns, unique=True))
+            if "a" in only:
+                m.add("a", load(gw.port, unique_body, secs, conns, gw.auth, unique=True))
+            if "b" in only:
+                m.add("b", load(gw.port, same_body, secs, conns, gw.auth))
+            if "c" in only:
+                m.add("bare_c", load(bare_port, bare_stream, secs, conns, unique=True))
+                m.add("c", load(gw.port, stream_body, secs, conns, gw.auth, unique=True))
+            if "e" in only:
+                m.add("direct_e", load(mock_port, bare_body, secs / 2, 1, direct_auth, unique=True))
+                m.add("bare_e", load(bare_port, bare_body, secs / 2, 1, unique=True))
+                m.add("e", load(gw.port, unique_body, secs / 2, 1, gw.auth, unique=True))
+        gw_rss = gw.rss()
 
+        bare_a = m.median("bare")
         targets = Targets(bare_a["rps"])
-        if "e" in only:
-            bare_e = load(bare_port, {**unique_body, "model": "gpt-4o-mini"}, secs / 2, 1, unique=True)
-        procs.stop(bare)
         floor_note = (
-            f"bare floor {bare_a['rps']:,.0f} req/s = {targets.speed:.2f} x the issue's reference "
+            f"medians of {rounds} rounds, each scenario alternating with the bare floor. Bare floor "
+            f"{bare_a['rps']:,.0f} req/s = {targets.speed:.2f} x the issue's reference "
             f"{REFERENCE_FLOOR:,.0f} req/s: 'scaled' targets are the issue's x {targets.speed:.2f} "
             "(latencies / it)"
         )
-
-        gw = Gateway(procs, env, "embedded")
-        if "a" in only:
-            a = load(gw.port, unique_body, secs, conns, gw.auth, unique=True)
-            ratio = a["rps"] / bare_a["rps"]
-            text, _ = targets.at_least(a["rps"], 3000)
+        rows.append(row("bare pass-through, non-stream", bare_a, rss_mb(bare.pid), "", None))
+        if "c" in only:
+            bare_c = m.median("bare_c")
             rows.append(
-                row(
-                    "(a) full policy, non-stream, cache miss",
-                    a,
-                    gw.rss(),
-                    f"{text}; >=0.65x {_v(ratio >= 0.65)}",
-                    None,
-                    f"{ratio:.2f}x",
-                )
+                row("bare pass-through, stream 100 chunks", bare_c, rss_mb(bare.pid), "", None, chunks=True)
             )
+        if "a" in only:
+            a, ratio = m.median("a"), m.ratio("a", "bare")
+            text, _ = targets.at_least(a["rps"], 3000)
+            name = "(a) full policy, non-stream, cache miss"
+            rows.append(row(name, a, gw_rss, f"{text}; >=0.65x {_v(ratio >= 0.65)}", None, f"{ratio:.2f}x"))
         if "b" in only:
-            b = load(gw.port, same_body, secs, conns, gw.auth)
+            b = m.median("b")
             text, _ = targets.at_least(b["rps"], 6000)
             rows.append(
-                row("(b) full policy, cache hit", b, gw.rss(), text, None, f"{b['rps'] / bare_a['rps']:.2f}x")
+                row("(b) full policy, cache hit", b, gw_rss, text, None, f"{m.ratio('b', 'bare'):.2f}x")
             )
         if "c" in only:
-            c = load(gw.port, stream_body, secs, conns, gw.auth, unique=True)
+            c, ratio = m.median("c"), m.ratio("c", "bare_c", "events_per_s")
             text, _ = targets.at_least(c["events_per_s"], 40000, " chunks/s")
-            ratio = c["events_per_s"] / bare_c["events_per_s"]
             name = "(c) full policy, stream 100 chunks"
-            rows.append(row(name, c, gw.rss(), text, None, f"{ratio:.2f}x", chunks=True))
+            rows.append(row(name, c, gw_rss, text, None, f"{ratio:.2f}x", chunks=True))
         if "e" in only:
-            direct = load(
-                mock_port,
-                {**unique_body, "model": "gpt-4o-mini"},
-                secs / 2,
-                1,
-                ["Authorization: Bearer sk-bench"],
-                unique=True,
-            )
-            via = load(gw.port, unique_body, secs / 2, 1, gw.auth, unique=True)
+            direct, bare_e, via = m.median("direct_e"), m.median("bare_e"), m.median("e")
             rows.append(row("(e) direct to upstream, 1 conn", direct, float("nan"), "", None))
             rows.append(row("(e) bare pass-through, 1 conn", bare_e, float("nan"), "", None))
-            rows.append(row("(e) gateway, 1 conn", via, gw.rss(), "", None))
-            p50, p99 = via["p50_ms"] - direct["p50_ms"], via["p99_ms"] - direct["p99_ms"]
-            bare_p50 = bare_e["p50_ms"] - direct["p50_ms"]
+            rows.append(row("(e) gateway, 1 conn", via, gw_rss, "", None))
+            added = [
+                (g["p50_ms"] - d["p50_ms"], g["p99_ms"] - d["p99_ms"], b["p50_ms"] - d["p50_ms"])
+                for g, d, b in zip(m.runs["e"], m.runs["direct_e"], m.runs["bare_e"], strict=True)
+            ]
+            p50, p99, bare_p50 = (statistics.median(x[i] for x in added) for i in range(3))
             p50_text, _ = targets.at_most(p50, 0.3, " ms")
             p99_text, _ = targets.at_most(p99, 1.5, " ms")
             rows.append(
@@ -415,23 +443,16 @@ def main() -> None:
             text, _ = targets.at_most(gw.cold_start_s, 1.5, " s")
             rows.append(("(f) cold start to ready", f"{gw.cold_start_s:.2f} s", "", "", "", "", text))
         if "g" in only:
-            warm = load(gw.port, unique_body, min(30.0, args.soak_seconds / 5), 16, gw.auth, unique=True)
+            load(gw.port, unique_body, min(30.0, args.soak_seconds / 5), 16, gw.auth, unique=True)  # warm-up
             rss_warm = gw.rss()
             soak = load(gw.port, unique_body, args.soak_seconds, 16, gw.auth, unique=True)
             rss_end = gw.rss()
             growth = (rss_end - rss_warm) / rss_warm
             met = rss_end <= 120 and growth <= 0.10
+            name = f"(g) soak {args.soak_seconds:.0f} s, 16 conns"
             rows.append(
-                row(
-                    f"(g) soak {args.soak_seconds:.0f} s, 16 conns",
-                    soak,
-                    rss_end,
-                    "RSS<=120MB & growth<=10%",
-                    met,
-                    f"+{growth * 100:.1f}% RSS",
-                )
+                row(name, soak, rss_end, "RSS<=120MB & growth<=10%", met, f"+{growth * 100:.1f}% RSS")
             )
-            del warm
         procs.stop(gw.proc)
 
         if "d" in only:
@@ -439,12 +460,15 @@ def main() -> None:
             if shared is not None:
                 shared_env, shared_db = shared
                 gd = Gateway(procs, shared_env, "shared")
-                d = load(gd.port, unique_body, secs, conns, gd.auth, unique=True)
+                for _ in range(rounds):
+                    m.add("bare_d", load(bare_port, bare_body, secs, conns, unique=True))
+                    m.add("d", load(gd.port, unique_body, secs, conns, gd.auth, unique=True))
+                d, ratio = m.median("d"), m.ratio("d", "bare_d")
                 text, _ = targets.at_least(d["rps"], 2000)
-                ratio = d["rps"] / bare_a["rps"]
                 name = "(d) shared mode (Redis + PostgreSQL)"
                 rows.append(row(name, d, gd.rss(), text, None, f"{ratio:.2f}x"))
                 procs.stop(gd.proc)
+        procs.stop(bare)
     finally:
         procs.stop_all()
         if shared_db:

@@ -143,7 +143,8 @@ def load(
     if unique:
         argv.append("--unique")
     out = subprocess.run(pinned(LOAD_CORE, argv), capture_output=True, check=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 class Gateway:
@@ -153,11 +154,10 @@ class Gateway:
         self.port = free_port()
         self.master = "sk-bench-master-" + secrets.token_hex(16)
         env = {**env, "AIGW_MASTER_KEY": self.master}
-        started = time.monotonic()
         self.proc = procs.start(
             pinned(GATEWAY_CORE, [PY, "-m", "ai_gateway", "serve", "--port", str(self.port)]), env=env
         )
-        self.cold_start_s = wait_up(f"{self.url}/readyz") + (time.monotonic() - started) * 0
+        self.cold_start_s = wait_up(f"{self.url}/readyz")  # from the process's start to a 200
         tenant = call(
             f"{self.url}/admin/tenants",
             {"name": f"bench-{label}", "rpm": 100_000_000, "tpm": 1_000_000_000},

@@ -6,8 +6,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["limit_malloc_arenas", "prefer_the_event_loop"]
 
 log = logging.getLogger("ai_gateway")
 
@@ -36,3 +37,15 @@ def limit_malloc_arenas(arenas: int = _ARENAS) -> bool:
     if not ok:
         log.debug("mallopt(M_ARENA_MAX) refused; malloc arenas are not capped")
     return ok
+
+
+_SWITCH_INTERVAL_S = 0.0005
+
+
+def prefer_the_event_loop() -> None:
+    """Hand the GIL back to the event loop sooner: after 0.5 ms instead of Python's 5 ms.
+
+    The ledger writes in threads; whenever a flush's Python work held the GIL, a request on the loop
+    could wait up to the whole 5 ms switch interval, which was the p99 of `make bench` (e) at
+    concurrency 1. The interval only matters while two threads want the GIL."""
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)

@@ -20,6 +20,7 @@ import orjson
 from ai_gateway.errors import InvalidRequestError, RequestTooLargeError, UnsupportedMediaTypeError
 
 __all__ = [
+    "REQUEST_ID",
     "ClientGone",
     "Receive",
     "Request",
@@ -36,6 +37,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 
+REQUEST_ID = "ai_gateway.request_id"  # where the ASGI scope carries the request id for the admin app
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON_TYPES = frozenset({"", "application/json", "application/x-www-form-urlencoded", "text/plain"})
 

@@ -30,13 +30,13 @@ from ai_gateway.errors import GatewayError, InvalidRequestError, MethodNotAllowe
 from ai_gateway.policy.auth import KEY_PREFIX, Authenticator, generate_key
 from ai_gateway.stores.reports import Reports
 from ai_gateway.stores.sql import ApiKey, KeySpec, Limits, SqlStore, Tenant
+from ai_gateway.web._asgi import REQUEST_ID
 from ai_gateway.web.admin_usage import add_usage_routes
 
-__all__ = ["REQUEST_ID", "create_admin_app"]
+__all__ = ["create_admin_app"]
 
 log = logging.getLogger("ai_gateway.admin")
 
-REQUEST_ID = "ai_gateway.request_id"  # set in the ASGI scope by web/app.py
 
 Scope = Literal["chat", "models", "usage:read", "admin"]
 Period = Literal["day", "month", "total"]

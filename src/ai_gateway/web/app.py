@@ -43,7 +43,16 @@ from ai_gateway.stores.ledger_sql import SqlLedgerSink
 from ai_gateway.stores.reports import Reports
 from ai_gateway.stores.revocations import RedisRevocations
 from ai_gateway.stores.sql import SqlStore
-from ai_gateway.web._asgi import ClientGone, Message, Receive, Request, Scope, Send, json_bytes
+from ai_gateway.web._asgi import (
+    REQUEST_ID,
+    ClientGone,
+    Message,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    json_bytes,
+)
 from ai_gateway.web.calls import ACCOUNTED, OPENAI, SIMPLE, handle_call
 from ai_gateway.web.messages import ANTHROPIC, handle_count_tokens, is_messages_path
 from ai_gateway.web.usage import UsageEndpoint
@@ -198,8 +207,6 @@ class GatewayApp:
 
     # --- handlers -----------------------------------------------------------------------------------
     async def _admin(self, req: Request, send: Send) -> None:
-        from ai_gateway.web.admin import REQUEST_ID
-
         req.scope[REQUEST_ID] = req.request_id
         # `curl -d` labels JSON as a form; like the model endpoints, the admin API reads bodies as JSON.
         # (No CSRF angle: the key travels in a header, which no browser adds cross-site.)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 
 from ai_gateway.errors import ProviderError, scrub
-from ai_gateway.providers._h1 import BadResponse, Connection, H1Pool, Headers, encode_request, split_url
+from ai_gateway.providers._h1 import Connection, H1Pool, Headers, encode_request, split_url
 from ai_gateway.settings import Timeouts
 
 __all__ = ["HttpClient", "Sse", "UpstreamResponse", "parse_retry_after"]
@@ -174,7 +174,7 @@ class _mapped:
             raise ProviderError("connect", f"{self.label}: could not connect") from exc
         if isinstance(exc, ConnectionError):
             raise ProviderError("reset", f"{self.label}: connection lost {self.what}") from exc
-        if isinstance(exc, BadResponse):
+        if isinstance(exc, ValueError):  # BadResponse from _h1, or any value the response could not hold
             raise ProviderError("bad_response", f"{self.label}: malformed response {self.what}") from exc
         if isinstance(exc, OSError):
             raise ProviderError("connect", f"{self.label}: transport error {self.what}") from exc

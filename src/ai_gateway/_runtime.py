@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-__all__ = ["limit_malloc_arenas", "prefer_the_event_loop"]
+__all__ = ["limit_malloc_arenas", "prefer_the_event_loop", "tune_for_serving"]
 
 log = logging.getLogger("ai_gateway")
 
@@ -49,3 +49,9 @@ def prefer_the_event_loop() -> None:
     could wait up to the whole 5 ms switch interval, which was the p99 of `make bench` (e) at
     concurrency 1. The interval only matters while two threads want the GIL."""
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+
+
+def tune_for_serving() -> None:
+    """Everything above, once per serving process (`serve`, and each worker of `serve --workers N`)."""
+    limit_malloc_arenas()
+    prefer_the_event_loop()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ai_gateway import admin_cli
-from ai_gateway._runtime import limit_malloc_arenas, prefer_the_event_loop
+from ai_gateway._runtime import tune_for_serving
 from ai_gateway.settings import ConfigError, Settings, check_config, describe, is_loopback_host, load_settings
 
 if TYPE_CHECKING:
@@ -76,8 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("Run `ai-gateway config check` for details.", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.server.log_level.upper(), format=_LOG_FORMAT)
-    limit_malloc_arenas()
-    prefer_the_event_loop()
+    tune_for_serving()
     if args.workers > 1:
         _export_overrides(overrides)
     return _run(settings, args.workers)
@@ -112,8 +111,7 @@ def app_from_env() -> GatewayApp:
 
     settings = load_settings()
     logging.basicConfig(level=settings.server.log_level.upper(), format=_LOG_FORMAT)
-    limit_malloc_arenas()
-    prefer_the_event_loop()
+    tune_for_serving()
     return create_app(settings)
 
 
